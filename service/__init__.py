@@ -1,0 +1,1 @@
+"""Messaging and feedback rules and data. No Flask or Celery imports live here."""

@@ -1,0 +1,5 @@
+"""Celery app and thin tasks. `celery -A tasks worker` finds `app` here."""
+
+from tasks.celery_app import app
+
+__all__ = ["app"]

@@ -1,0 +1,82 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from flask import Flask, g
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings, load_settings
+from service.db import make_engine, make_session_factory
+
+csrf = CSRFProtect()
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    """Build the app. Settings come from the environment unless given.
+
+    `overrides` lets tests inject `session_factory` (a rolled-back session) and `publisher`
+    (the boundary to the broker).
+    """
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
+        # Bound request bodies: a message is at most 10k characters; this leaves room for forms.
+        MAX_CONTENT_LENGTH=1 * 1024 * 1024,
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.extensions["settings"] = settings
+
+    session_factory: sessionmaker[Session] | Any = overrides.get("session_factory")
+    if session_factory is None:
+        engine = make_engine(settings.database_url)
+        session_factory = make_session_factory(engine)
+        app.extensions["engine"] = engine
+    app.extensions["session_factory"] = session_factory
+
+    publisher = overrides.get("publisher")
+    if publisher is None:
+        from web.publisher import CeleryPublisher
+
+        publisher = CeleryPublisher(settings)
+    app.extensions["publisher"] = publisher
+
+    csrf.init_app(app)
+
+    from web import api, auth, cli, errors, pages
+
+    auth.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    cli.init_app(app)
+
+    @app.teardown_appcontext
+    def _close_session(_exc: BaseException | None) -> None:
+        session: Session | None = g.pop("db", None)
+        if session is not None:
+            session.rollback()
+            session.close()
+
+    return app
+
+
+def db() -> Session:
+    """The request's session, opened on first use; the view commits, teardown rolls back the rest."""
+    if "db" not in g:
+        from flask import current_app
+
+        g.db = current_app.extensions["session_factory"]()
+    return g.db  # type: ignore[no-any-return]
