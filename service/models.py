@@ -196,14 +196,20 @@ class Conversation(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("conversation.id", ondelete="CASCADE"))
     thread_user_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Latest activity including internal replies (what feedback handlers see) ...
     last_message_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_sender_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     message_count: Mapped[int] = mapped_column(Integer, default=0)
+    # ... and excluding them (what everyone else sees), so an internal reply leaks by no route.
+    public_last_message_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    public_last_sender_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    public_message_count: Mapped[int] = mapped_column(Integer, default=0)
     # Rows in `inbox` for this conversation (kept by the same statements that insert them).
     participant_count: Mapped[int] = mapped_column(Integer, default=0)
 
     created_by: Mapped[User | None] = relationship(foreign_keys=[created_by_id])
     last_sender: Mapped[User | None] = relationship(foreign_keys=[last_sender_id])
+    public_last_sender: Mapped[User | None] = relationship(foreign_keys=[public_last_sender_id])
     assignee: Mapped[User | None] = relationship(foreign_keys=[assignee_id])
 
     __table_args__ = (

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 20:04:03.504928
+Create Date: 2026-12-03 20:07:16.988035
 """
 
 from collections.abc import Sequence
@@ -94,6 +94,9 @@ def upgrade() -> None:
     sa.Column('last_message_at', service.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('last_sender_id', sa.Integer(), nullable=True),
     sa.Column('message_count', sa.Integer(), nullable=False),
+    sa.Column('public_last_message_at', service.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('public_last_sender_id', sa.Integer(), nullable=True),
+    sa.Column('public_message_count', sa.Integer(), nullable=False),
     sa.Column('participant_count', sa.Integer(), nullable=False),
     sa.CheckConstraint("message_type IN ('PRIVATE', 'TICKET', 'SYSTEM')", name=op.f('ck_conversation_message_type_valid')),
     sa.CheckConstraint("priority IN ('NONE', 'LOW', 'MEDIUM', 'HIGH')", name=op.f('ck_conversation_priority_valid')),
@@ -102,6 +105,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['created_by_id'], ['app_user.id'], name=op.f('fk_conversation_created_by_id_app_user')),
     sa.ForeignKeyConstraint(['last_sender_id'], ['app_user.id'], name=op.f('fk_conversation_last_sender_id_app_user')),
     sa.ForeignKeyConstraint(['parent_id'], ['conversation.id'], name=op.f('fk_conversation_parent_id_conversation'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['public_last_sender_id'], ['app_user.id'], name=op.f('fk_conversation_public_last_sender_id_app_user')),
     sa.ForeignKeyConstraint(['thread_user_id'], ['app_user.id'], name=op.f('fk_conversation_thread_user_id_app_user')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_conversation')),
     sa.UniqueConstraint('parent_id', 'thread_user_id', name='uq_conversation_thread'),
