@@ -107,10 +107,16 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def insert_ignore(session: Session, table: Any) -> Insert:
-    """An INSERT that skips rows violating a unique constraint, for the session's dialect."""
+    """An INSERT that skips rows violating a unique constraint, for the session's dialect.
+
+    Its result's rowcount is the number of rows really inserted (SQLAlchemy reports INSERT
+    rowcounts only when asked to preserve them), which fan-out counters are derived from.
+    """
     name = session.get_bind().dialect.name
     if name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
-    if name == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
-    raise RuntimeError(f"unsupported database dialect {name}")
+        stmt: Insert = postgresql.insert(table).on_conflict_do_nothing()
+    elif name == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing()
+    else:
+        raise RuntimeError(f"unsupported database dialect {name}")
+    return stmt.execution_options(preserve_rowcount=True)

@@ -17,7 +17,6 @@ TASK_QUEUES: dict[str, str] = {
     "delivery.plan": BULK_QUEUE,
     "delivery.fan_out_batch": BULK_QUEUE,
     "delivery.sweep": INTERACTIVE_QUEUE,
-    "delivery.finish": INTERACTIVE_QUEUE,
 }
 
 
@@ -33,7 +32,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.broker_url,
         "broker_transport_options": transport_options,
         # Visibility timeout is also read here by some code paths (e.g. the result backend).
-        "result_backend_transport_options": {"visibility_timeout": settings.broker_visibility_timeout},
+        "result_backend_transport_options": {
+            "visibility_timeout": settings.broker_visibility_timeout
+        },
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.broker_connect_timeout,
         # Completion is tracked in SQL; results are not kept.
@@ -83,4 +84,3 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 
 app = make_celery()
-app.autodiscover_tasks(["tasks"], related_name="delivery", force=True)

@@ -127,7 +127,9 @@ def redis_url() -> str:
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis is required for the tests and is unreachable at {REDIS_URL}: {exc}", False)
+        pytest.fail(
+            f"Redis is required for the tests and is unreachable at {REDIS_URL}: {exc}", False
+        )
     finally:
         client.close()
     return REDIS_URL

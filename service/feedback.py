@@ -1,0 +1,154 @@
+"""Feedback: routing to the configured group, and the handlers' tools (status, priority, assignee).
+
+Handlers are the current members of the configured feedback recipients group; visibility follows
+membership at the time of reading. Functions take the session first and never commit.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from service.db import utcnow
+from service.errors import Conflict, Forbidden, InvalidInput, NotFound
+from service.messaging import (
+    clean_subject,
+    clean_text,
+    direct_conversation,
+    get_visible,
+    is_handler,
+)
+from service.models import (
+    Conversation,
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    MessageType,
+    Priority,
+    Status,
+    User,
+    user_group_members,
+)
+from service.system_settings import feedback_group
+
+TICKET_STATUSES = (Status.OPEN, Status.PENDING, Status.INVALID, Status.SOLVED)
+
+
+def send_feedback(session: Session, sender: User, subject: object, text: object) -> Conversation:
+    """Create an OPEN feedback conversation for the configured group's members.
+
+    Raises Conflict when no feedback group is configured: feedback is never silently dropped.
+    The group is small, so its members' inbox rows are written here, in the caller's transaction,
+    and the delivery is recorded as already DELIVERED.
+    """
+    subject = clean_subject(subject)
+    text = clean_text(text)
+    group = feedback_group(session)
+    if group is None:
+        raise Conflict(
+            "Feedback cannot be sent: no feedback recipients group is configured. "
+            "Ask an administrator to choose one in the settings.",
+            field="feedbackRecipients",
+        )
+    members = list(
+        session.scalars(
+            select(user_group_members.c.user_id)
+            .join(User, User.id == user_group_members.c.user_id)
+            .where(user_group_members.c.group_id == group.id, User.disabled.is_(False))
+        )
+    )
+    now = utcnow()
+    conv = direct_conversation(
+        session,
+        sender,
+        members,
+        subject,
+        text,
+        message_type=MessageType.TICKET,
+        as_handler=True,
+        now=now,
+    )
+    total = conv.participant_count - 1
+    session.add(
+        Delivery(
+            conversation_id=conv.id,
+            kind=DeliveryKind.SEND.value,
+            state=DeliveryState.DELIVERED.value,
+            actor_id=sender.id,
+            total=total,
+            delivered=total,
+            created_at=now,
+            touched_at=now,
+            finished_at=now,
+        )
+    )
+    session.flush()
+    return conv
+
+
+def _handled(session: Session, user: User, uid: str) -> Conversation:
+    conv, acc = get_visible(session, user, uid)
+    if conv.message_type != MessageType.TICKET.value:
+        raise InvalidInput(
+            "Only feedback messages have a status, priority and assignee.", field="id"
+        )
+    if not acc.handler:
+        raise Forbidden("Only feedback handlers may change this.", field="id")
+    return conv
+
+
+def _parse(value: object, enum: type, allowed: tuple, field: str):  # type: ignore[no-untyped-def]
+    names = ", ".join(a.value for a in allowed)
+    if not isinstance(value, str) or value.upper() not in {a.value for a in allowed}:
+        raise InvalidInput(f"{field} must be one of {names}, got {value!r}.", field=field)
+    return enum(value.upper())
+
+
+def set_status(session: Session, user: User, uid: str, status: object) -> Conversation:
+    """Set a feedback conversation's status (handlers only)."""
+    conv = _handled(session, user, uid)
+    value = _parse(status, Status, TICKET_STATUSES, "messageConversationStatus")
+    session.execute(
+        update(Conversation).where(Conversation.id == conv.id).values(status=value.value)
+    )
+    session.refresh(conv)
+    return conv
+
+
+def set_priority(session: Session, user: User, uid: str, priority: object) -> Conversation:
+    """Set a feedback conversation's priority (handlers only)."""
+    conv = _handled(session, user, uid)
+    value = _parse(priority, Priority, tuple(Priority), "messageConversationPriority")
+    session.execute(
+        update(Conversation).where(Conversation.id == conv.id).values(priority=value.value)
+    )
+    session.refresh(conv)
+    return conv
+
+
+def set_assignee(session: Session, user: User, uid: str, assignee_uid: str | None) -> Conversation:
+    """Assign a feedback conversation to a handler, or unassign it with None (handlers only)."""
+    conv = _handled(session, user, uid)
+    assignee_id = None
+    if assignee_uid is not None:
+        assignee = session.scalar(select(User).where(User.uid == assignee_uid))
+        if assignee is None or assignee.disabled:
+            raise NotFound(f"User does not exist: {assignee_uid}", field="assignee")
+        if not is_handler(session, assignee.id):
+            raise Conflict(
+                "The assignee must be a member of the feedback recipients group.",
+                field="assignee",
+            )
+        assignee_id = assignee.id
+    session.execute(
+        update(Conversation).where(Conversation.id == conv.id).values(assignee_id=assignee_id)
+    )
+    session.refresh(conv)
+    return conv
+
+
+def handlers_exist(session: Session) -> bool:
+    group = feedback_group(session)
+    if group is None:
+        return False
+    return bool(session.scalar(select(exists().where(user_group_members.c.group_id == group.id))))

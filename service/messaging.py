@@ -1,0 +1,865 @@
+"""Messages: send, reply, read state, listing and unread counts.
+
+Every function takes the session first and never commits; the request or task that calls it owns
+the transaction and publishes follow-up tasks only after its commit. Visibility is checked here,
+once, for every route: a conversation the caller may not see raises NotFound, as if it did not
+exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    exists,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service import recipients as rcpt
+from service.db import insert_ignore, utcnow
+from service.errors import Conflict, Forbidden, InvalidInput, NotFound, UnknownReference
+from service.models import (
+    Conversation,
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    DeliveryTarget,
+    Inbox,
+    Message,
+    MessageType,
+    OrgUnit,
+    OrgUnitGroup,
+    Priority,
+    Status,
+    TargetKind,
+    User,
+    UserGroup,
+    user_group_members,
+)
+from service.system_settings import feedback_group
+
+MAX_SUBJECT = 255
+MAX_TEXT = 10_000
+MAX_RECIPIENT_IDS = 1_000  # ids per request, all kinds together
+PARTICIPANTS_INLINE = 30
+OU_MODES = ("SELECTED", "DESCENDANTS")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and results
+
+
+@dataclass(frozen=True)
+class Recipients:
+    """What a message is addressed to, as DHIS2 UIDs."""
+
+    users: Sequence[str] = ()
+    user_groups: Sequence[str] = ()
+    org_units: Sequence[str] = ()
+    org_unit_groups: Sequence[str] = ()
+
+    def is_empty(self) -> bool:
+        return not (self.users or self.user_groups or self.org_units or self.org_unit_groups)
+
+    def count(self) -> int:
+        return (
+            len(self.users)
+            + len(self.user_groups)
+            + len(self.org_units)
+            + len(self.org_unit_groups)
+        )
+
+
+@dataclass(frozen=True)
+class Sent:
+    conversation: Conversation
+    delivery: Delivery | None  # None when nothing needs fanning out
+
+
+@dataclass(frozen=True)
+class Replied:
+    conversation: Conversation  # the conversation the reply landed in (a private thread, maybe)
+    message: Message
+    delivery: Delivery | None  # set when the unread marks are fanned out by the workers
+
+
+@dataclass(frozen=True)
+class Access:
+    """How the caller reaches a conversation."""
+
+    row: Inbox | None
+    handler: bool  # the caller handles feedback (sees internal replies of tickets)
+
+    @property
+    def read(self) -> bool:
+        return True if self.row is None else self.row.read
+
+    @property
+    def followup(self) -> bool:
+        return False if self.row is None else self.row.followup
+
+
+@dataclass(frozen=True)
+class Summary:
+    conversation: Conversation
+    read: bool
+    followup: bool
+    handler: bool
+
+    # What the caller may see: handlers see internal activity, everyone else does not.
+    @property
+    def last_message(self) -> dt.datetime:
+        c = self.conversation
+        return c.last_message_at if self.handler else c.public_last_message_at
+
+    @property
+    def message_count(self) -> int:
+        c = self.conversation
+        return c.message_count if self.handler else c.public_message_count
+
+    @property
+    def last_sender(self) -> User | None:
+        c = self.conversation
+        return c.last_sender if self.handler else c.public_last_sender
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    message_type: str | None = None
+    status: str | None = None
+    priority: str | None = None
+    read: bool | None = None
+    followup: bool | None = None
+    assignee_uid: str | None = None
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Summary]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def page_count(self) -> int:
+        return max(1, -(-self.total // self.page_size)) if self.page_size else 1
+
+
+@dataclass(frozen=True)
+class View:
+    summary: Summary
+    messages: list[Message]
+    participants: list[User]
+    participant_count: int
+    delivery: Delivery | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers
+
+
+def clean_subject(subject: object) -> str:
+    if not isinstance(subject, str) or not subject.strip():
+        raise InvalidInput("Subject is required.", field="subject")
+    subject = subject.strip()
+    if len(subject) > MAX_SUBJECT:
+        raise InvalidInput(f"Subject must be at most {MAX_SUBJECT} characters.", field="subject")
+    return subject
+
+
+def clean_text(text: object) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput("Text is required.", field="text")
+    if len(text) > MAX_TEXT:
+        raise InvalidInput(f"Text must be at most {MAX_TEXT} characters.", field="text")
+    return text.strip("\n\r ")
+
+
+def _ids_for(session: Session, model: type, uids: Iterable[str]) -> dict[str, int]:
+    wanted = sorted(set(uids))
+    if not wanted:
+        return {}
+    rows = session.execute(select(model.uid, model.id).where(model.uid.in_(wanted))).all()  # type: ignore[attr-defined]
+    return {r[0]: r[1] for r in rows}
+
+
+def _resolve(session: Session, to: Recipients) -> dict[TargetKind, set[int]]:
+    """Map every UID to an internal id, failing on the first unknown one (DHIS2's codes)."""
+    if to.count() > MAX_RECIPIENT_IDS:
+        raise InvalidInput(
+            f"At most {MAX_RECIPIENT_IDS} users, groups and organisation units may be named in one "
+            "message; use user groups, organisation-unit groups or ouMode=DESCENDANTS instead.",
+            field="recipients",
+        )
+    spec: list[tuple[TargetKind, type, Sequence[str], type[Exception], str, str]] = [
+        (TargetKind.USER, User, to.users, UnknownReference, "User", "users"),
+        (TargetKind.USER_GROUP, UserGroup, to.user_groups, NotFound, "User group", "userGroups"),
+        (
+            TargetKind.ORG_UNIT,
+            OrgUnit,
+            to.org_units,
+            UnknownReference,
+            "Organisation unit",
+            "organisationUnits",
+        ),
+        (
+            TargetKind.ORG_UNIT_GROUP,
+            OrgUnitGroup,
+            to.org_unit_groups,
+            UnknownReference,
+            "Organisation unit group",
+            "organisationUnitGroups",
+        ),
+    ]
+    out: dict[TargetKind, set[int]] = {}
+    for kind, model, uids, error, label, fld in spec:
+        for uid in uids:
+            if not isinstance(uid, str):
+                raise InvalidInput(f"{fld} must be a list of objects with a string id.", field=fld)
+        found = _ids_for(session, model, uids)
+        missing = [u for u in uids if u not in found]
+        if missing:
+            raise error(f"{label} does not exist: {missing[0]}", field=fld)  # type: ignore[call-arg]
+        out[kind] = set(found.values())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Who may see what
+
+
+def is_handler(session: Session, user_id: int) -> bool:
+    """Whether the user is, right now, a member of the configured feedback recipients group."""
+    group = feedback_group(session)
+    if group is None:
+        return False
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    user_group_members.c.group_id == group.id,
+                    user_group_members.c.user_id == user_id,
+                )
+            )
+        )
+    )
+
+
+def _row(session: Session, user_id: int, conversation_id: int) -> Inbox | None:
+    return session.get(Inbox, (user_id, conversation_id))
+
+
+def access(session: Session, user: User, conversation: Conversation) -> Access | None:
+    """How `user` reaches `conversation`, or None if they may not see it."""
+    row = _row(session, user.id, conversation.id)
+    if conversation.message_type == MessageType.TICKET.value:
+        handler = is_handler(session, user.id)
+        if handler or conversation.created_by_id == user.id:
+            return Access(row=row, handler=handler)
+        return None
+    if row is None or row.as_handler:
+        return None
+    return Access(row=row, handler=False)
+
+
+def get_visible(session: Session, user: User, uid: str) -> tuple[Conversation, Access]:
+    """The conversation and the caller's access to it; NotFound when they may not see it."""
+    conv = session.scalar(select(Conversation).where(Conversation.uid == uid))
+    acc = access(session, user, conv) if conv is not None else None
+    if conv is None or acc is None:
+        raise NotFound(f"Message conversation does not exist: {uid}", field="id")
+    return conv, acc
+
+
+# ---------------------------------------------------------------------------------------------
+# Sending
+
+
+def send_message(
+    session: Session,
+    sender: User,
+    subject: object,
+    text: object,
+    to: Recipients,
+    *,
+    ou_mode: object = "SELECTED",
+    discussion: bool | None = None,
+    announcement_threshold: int = 50,
+) -> Sent:
+    """Create a conversation and the delivery that fans it out. Nothing is written on error.
+
+    The request returns before any recipient is resolved: the caller commits, then publishes
+    `delivery.plan`. Only bounded work happens here: id look-ups, the sending-rights check, and a
+    sample of at most a few thousand routes to decide whether it is an announcement.
+    """
+    subject = clean_subject(subject)
+    text = clean_text(text)
+    if ou_mode not in OU_MODES:
+        raise InvalidInput(
+            f"ouMode must be one of {', '.join(OU_MODES)}, got {ou_mode!r}.", field="ouMode"
+        )
+    if to.is_empty():
+        raise Conflict("No recipients selected.", field="recipients")
+    targets = _resolve(session, to)
+
+    now = utcnow()
+    conv = Conversation(
+        subject=subject,
+        message_type=MessageType.PRIVATE.value,
+        status=Status.NONE.value,
+        priority=Priority.NONE.value,
+        created_by_id=sender.id,
+        created_at=now,
+        last_message_at=now,
+        last_sender_id=sender.id,
+        public_last_message_at=now,
+        public_last_sender_id=sender.id,
+        message_count=1,
+        public_message_count=1,
+        participant_count=1,
+    )
+    session.add(conv)
+    session.flush()
+    delivery = Delivery(
+        conversation_id=conv.id,
+        kind=DeliveryKind.SEND.value,
+        state=DeliveryState.QUEUED.value,
+        actor_id=sender.id,
+        include_descendants=ou_mode == "DESCENDANTS",
+        created_at=now,
+        touched_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    session.add_all(
+        DeliveryTarget(delivery_id=delivery.id, kind=kind.value, target_id=target_id)
+        for kind, ids in targets.items()
+        for target_id in ids
+    )
+    session.flush()
+
+    if (targets[TargetKind.ORG_UNIT] or targets[TargetKind.ORG_UNIT_GROUP]) and not (
+        sender.is_admin or sender.is_broadcaster
+    ):
+        own_paths = [ou.path for ou in sender.org_units]
+        outside = session.scalars(
+            rcpt.units_outside(rcpt.target_org_units(delivery.id), own_paths).limit(5)
+        ).all()
+        if outside:
+            raise Forbidden(
+                "You may only send to organisation units within your own assigned units; not "
+                f"within them: {', '.join(sorted(outside))}",
+                field="organisationUnits",
+            )
+
+    limit = max(1_000, announcement_threshold * 20)
+    distinct, routes = session.execute(
+        rcpt.sample_count(delivery.id, delivery.include_descendants, sender.id, limit)
+    ).one()
+    if distinct == 0:
+        raise Conflict(
+            "No recipients selected: the chosen users, groups and organisation units reach no "
+            "active user other than you.",
+            field="recipients",
+        )
+    large = distinct > announcement_threshold or routes >= limit
+    conv.is_announcement = large and discussion is not True
+
+    session.add(Message(conversation_id=conv.id, sender_id=sender.id, text=text, created_at=now))
+    session.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True))
+    session.flush()
+    return Sent(conversation=conv, delivery=delivery)
+
+
+def direct_conversation(
+    session: Session,
+    sender: User,
+    recipient_ids: Iterable[int],
+    subject: str,
+    text: str,
+    *,
+    message_type: MessageType,
+    as_handler: bool = False,
+    now: dt.datetime | None = None,
+) -> Conversation:
+    """A small conversation written at once (feedback, private threads): rows for the given
+    users, the sender's read. The caller has bounded `recipient_ids`."""
+    now = now or utcnow()
+    conv = Conversation(
+        subject=subject,
+        message_type=message_type.value,
+        status=Status.OPEN.value if message_type is MessageType.TICKET else Status.NONE.value,
+        priority=Priority.NONE.value,
+        created_by_id=sender.id,
+        created_at=now,
+        last_message_at=now,
+        last_sender_id=sender.id,
+        public_last_message_at=now,
+        public_last_sender_id=sender.id,
+        message_count=1,
+        public_message_count=1,
+    )
+    session.add(conv)
+    session.flush()
+    session.add(Message(conversation_id=conv.id, sender_id=sender.id, text=text, created_at=now))
+    session.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True))
+    others = [uid for uid in set(recipient_ids) if uid != sender.id]
+    session.add_all(
+        Inbox(user_id=uid, conversation_id=conv.id, read=False, as_handler=as_handler)
+        for uid in others
+    )
+    conv.participant_count = 1 + len(others)
+    session.flush()
+    return conv
+
+
+# ---------------------------------------------------------------------------------------------
+# Replying
+
+
+def _append(
+    session: Session,
+    conv: Conversation,
+    sender_id: int,
+    text: str,
+    internal: bool,
+    now: dt.datetime,
+) -> Message:
+    msg = Message(
+        conversation_id=conv.id, sender_id=sender_id, text=text, internal=internal, created_at=now
+    )
+    session.add(msg)
+    values: dict[str, object] = {
+        "last_message_at": now,
+        "last_sender_id": sender_id,
+        "message_count": Conversation.message_count + 1,
+    }
+    if not internal:
+        values.update(
+            public_last_message_at=now,
+            public_last_sender_id=sender_id,
+            public_message_count=Conversation.public_message_count + 1,
+        )
+    # A relative update: concurrent replies never lose a count.
+    session.execute(update(Conversation).where(Conversation.id == conv.id).values(**values))
+    session.flush()
+    session.refresh(conv)
+    return msg
+
+
+def _set_own_read(session: Session, user_id: int, conv_id: int, *, as_handler: bool) -> None:
+    session.execute(
+        insert_ignore(session, Inbox).values(
+            user_id=user_id, conversation_id=conv_id, read=True, as_handler=as_handler
+        )
+    )
+    session.execute(
+        update(Inbox)
+        .where(Inbox.user_id == user_id, Inbox.conversation_id == conv_id)
+        .values(read=True, removed=False)
+    )
+
+
+def _handler_ids(session: Session) -> Select[tuple[int]] | None:
+    group = feedback_group(session)
+    if group is None:
+        return None
+    return (
+        select(user_group_members.c.user_id)
+        .join(User, User.id == user_group_members.c.user_id)
+        .where(user_group_members.c.group_id == group.id, User.disabled.is_(False))
+    )
+
+
+def _mark_ticket_unread(
+    session: Session, conv: Conversation, replier_id: int, internal: bool
+) -> None:
+    """Tickets are small (the sender and the handlers): re-mark them in the request."""
+    handler_ids = _handler_ids(session)
+    if handler_ids is not None:
+        handlers = handler_ids.subquery("h")
+        session.execute(
+            insert_ignore(session, Inbox).from_select(
+                ["user_id", "conversation_id", "read", "as_handler"],
+                select(handlers.c.user_id, literal(conv.id), false(), true()).where(
+                    handlers.c.user_id != replier_id
+                ),
+            )
+        )
+        session.execute(
+            update(Inbox)
+            .where(
+                Inbox.conversation_id == conv.id,
+                Inbox.user_id != replier_id,
+                Inbox.user_id.in_(select(handlers.c.user_id)),
+            )
+            .values(read=False, removed=False)
+        )
+    if not internal and conv.created_by_id is not None and conv.created_by_id != replier_id:
+        session.execute(
+            update(Inbox)
+            .where(Inbox.conversation_id == conv.id, Inbox.user_id == conv.created_by_id)
+            .values(read=False, removed=False)
+        )
+
+
+def _thread_for(
+    session: Session, announcement: Conversation, user: User, now: dt.datetime
+) -> Conversation:
+    """The private thread between a recipient and the announcement's sender, made once."""
+    found = session.scalar(
+        select(Conversation).where(
+            Conversation.parent_id == announcement.id, Conversation.thread_user_id == user.id
+        )
+    )
+    if found is not None:
+        return found
+    assert announcement.created_by_id is not None
+    try:
+        with session.begin_nested():
+            thread = Conversation(
+                subject=f"Re: {announcement.subject}"[:MAX_SUBJECT],
+                message_type=MessageType.PRIVATE.value,
+                created_by_id=user.id,
+                parent_id=announcement.id,
+                thread_user_id=user.id,
+                created_at=now,
+                last_message_at=now,
+                public_last_message_at=now,
+                participant_count=2,
+            )
+            session.add(thread)
+            session.flush()
+            session.add_all(
+                [
+                    Inbox(user_id=user.id, conversation_id=thread.id, read=True),
+                    Inbox(
+                        user_id=announcement.created_by_id, conversation_id=thread.id, read=False
+                    ),
+                ]
+            )
+            session.flush()
+    except IntegrityError:
+        # A concurrent first reply made it; use that one.
+        return session.scalars(
+            select(Conversation).where(
+                Conversation.parent_id == announcement.id, Conversation.thread_user_id == user.id
+            )
+        ).one()
+    return thread
+
+
+def reply(
+    session: Session,
+    user: User,
+    uid: str,
+    text: object,
+    *,
+    internal: bool = False,
+    inline_unread_limit: int = 500,
+) -> Replied:
+    """Add a reply. Every other participant sees the conversation unread again — at once for
+    small conversations, through a REPLY delivery (published by the caller after commit) for
+    large ones. A recipient's reply to an announcement goes to a private thread with its sender."""
+    conv, acc = get_visible(session, user, uid)
+    text = clean_text(text)
+    now = utcnow()
+    is_ticket = conv.message_type == MessageType.TICKET.value
+    if internal and not (is_ticket and acc.handler):
+        if is_ticket:
+            raise Forbidden("Only feedback handlers may write internal replies.", field="internal")
+        raise InvalidInput("Internal replies exist only on feedback messages.", field="internal")
+    if conv.message_type == MessageType.SYSTEM.value:
+        raise Forbidden("System messages cannot be replied to.", field="id")
+
+    if conv.is_announcement and conv.created_by_id != user.id:
+        thread = _thread_for(session, conv, user, now)
+        msg = _append(session, thread, user.id, text, False, now)
+        session.execute(
+            update(Inbox)
+            .where(Inbox.conversation_id == thread.id, Inbox.user_id != user.id)
+            .values(read=False, removed=False)
+        )
+        _set_own_read(session, user.id, thread.id, as_handler=False)
+        session.flush()
+        return Replied(conversation=thread, message=msg, delivery=None)
+
+    msg = _append(session, conv, user.id, text, internal, now)
+    own_handler_row = is_ticket and acc.handler and conv.created_by_id != user.id
+    _set_own_read(session, user.id, conv.id, as_handler=own_handler_row)
+    delivery: Delivery | None = None
+    if is_ticket:
+        _mark_ticket_unread(session, conv, user.id, internal)
+    elif conv.participant_count - 1 <= inline_unread_limit:
+        session.execute(
+            update(Inbox)
+            .where(Inbox.conversation_id == conv.id, Inbox.user_id != user.id)
+            .values(read=False, removed=False)
+        )
+    else:
+        delivery = Delivery(
+            conversation_id=conv.id,
+            message_id=msg.id,
+            kind=DeliveryKind.REPLY.value,
+            state=DeliveryState.QUEUED.value,
+            actor_id=user.id,
+            created_at=now,
+            touched_at=now,
+        )
+        session.add(delivery)
+    session.flush()
+    return Replied(conversation=conv, message=msg, delivery=delivery)
+
+
+# ---------------------------------------------------------------------------------------------
+# Read state, follow-up, removal: the caller's own rows only
+
+
+def _visible_ids(
+    session: Session, user: User, uids: Iterable[str]
+) -> list[tuple[Conversation, Access]]:
+    out = []
+    for uid in dict.fromkeys(uids):
+        if not isinstance(uid, str):
+            raise InvalidInput("Expected a JSON array of conversation ids.", field="ids")
+        conv = session.scalar(select(Conversation).where(Conversation.uid == uid))
+        acc = access(session, user, conv) if conv is not None else None
+        if conv is not None and acc is not None:
+            out.append((conv, acc))
+    return out
+
+
+def _set_flags(session: Session, user: User, uids: Iterable[str], **values: bool) -> list[str]:
+    done = []
+    for conv, acc in _visible_ids(session, user, uids):
+        as_handler = (
+            acc.handler
+            and conv.message_type == MessageType.TICKET.value
+            and conv.created_by_id != user.id
+        )
+        if acc.row is None:
+            session.execute(
+                insert_ignore(session, Inbox).values(
+                    user_id=user.id, conversation_id=conv.id, read=True, as_handler=as_handler
+                )
+            )
+        session.execute(
+            update(Inbox)
+            .where(Inbox.user_id == user.id, Inbox.conversation_id == conv.id)
+            .values(**values)
+        )
+        done.append(conv.uid)
+    session.flush()
+    return done
+
+
+def mark_read(session: Session, user: User, uids: Iterable[str], read: bool = True) -> list[str]:
+    """Mark the caller's copies read (or unread). Returns the ids changed; unknown or invisible
+    ids are ignored, as DHIS2 does. Only ever touches the caller's own rows."""
+    if len(uids_list := list(uids)) > MAX_RECIPIENT_IDS:
+        raise InvalidInput(f"At most {MAX_RECIPIENT_IDS} ids at once.", field="ids")
+    return _set_flags(session, user, uids_list, read=read)
+
+
+def set_followup(session: Session, user: User, uids: Iterable[str], on: bool) -> list[str]:
+    return _set_flags(session, user, list(uids)[:MAX_RECIPIENT_IDS], followup=on)
+
+
+def remove_from_inbox(session: Session, user: User, uids: Iterable[str]) -> list[str]:
+    """Hide conversations from the caller's inbox; a later reply brings one back."""
+    return _set_flags(session, user, list(uids)[:MAX_RECIPIENT_IDS], removed=True, read=True)
+
+
+def unread_count(session: Session, user: User) -> int:
+    """Unread conversations in the caller's inbox (reads one small partial index)."""
+    cond = [Inbox.user_id == user.id, Inbox.read.is_(False), Inbox.removed.is_(False)]
+    if not is_handler(session, user.id):
+        cond.append(Inbox.as_handler.is_(False))
+    return int(session.scalar(select(func.count()).select_from(Inbox).where(*cond)) or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing and reading
+
+
+def _visible_rows(user_id: int, handler: bool):  # type: ignore[no-untyped-def]
+    mine = select(
+        Inbox.conversation_id.label("conversation_id"),
+        Inbox.read.label("read"),
+        Inbox.followup.label("followup"),
+    ).where(Inbox.user_id == user_id, Inbox.removed.is_(False))
+    if not handler:
+        return mine.where(Inbox.as_handler.is_(False)).subquery("v")
+    # Handlers also see every feedback conversation they have no row for (joined later).
+    unseen = select(Conversation.id, true(), false()).where(
+        Conversation.message_type == MessageType.TICKET.value,
+        ~exists().where(Inbox.user_id == user_id, Inbox.conversation_id == Conversation.id),
+    )
+    return union_all(mine, unseen).subquery("v")
+
+
+def _like(value: str) -> str:
+    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _filter_conditions(
+    session: Session, f: ListFilters, handler: bool, v
+) -> list[ColumnElement[bool]]:  # type: ignore[no-untyped-def]
+    cond: list[ColumnElement[bool]] = []
+    if f.message_type:
+        cond.append(Conversation.message_type == f.message_type)
+    if f.status:
+        cond.append(Conversation.status == f.status)
+    if f.priority:
+        cond.append(Conversation.priority == f.priority)
+    if f.read is not None:
+        cond.append(v.c.read.is_(f.read))
+    if f.followup is not None:
+        cond.append(v.c.followup.is_(f.followup))
+    if f.assignee_uid:
+        assignee = select(User.id).where(User.uid == f.assignee_uid).scalar_subquery()
+        cond.append(Conversation.assignee_id == assignee)
+    if f.query:
+        pattern = _like(f.query.strip())
+        msg_cond = [Message.conversation_id == Conversation.id]
+        if not handler:
+            msg_cond.append(Message.internal.is_(False))
+        sender_match = exists().where(
+            User.id == Message.sender_id,
+            or_(
+                User.first_name.ilike(pattern, escape="\\"),
+                User.surname.ilike(pattern, escape="\\"),
+                User.username.ilike(pattern, escape="\\"),
+                (func.coalesce(User.first_name, "") + " " + func.coalesce(User.surname, "")).ilike(
+                    pattern, escape="\\"
+                ),
+            ),
+        )
+        cond.append(
+            or_(
+                Conversation.subject.ilike(pattern, escape="\\"),
+                exists().where(
+                    *msg_cond, or_(Message.text.ilike(pattern, escape="\\"), sender_match)
+                ),
+            )
+        )
+    return cond
+
+
+def list_conversations(
+    session: Session,
+    user: User,
+    *,
+    page: int = 1,
+    page_size: int = 50,
+    filters: ListFilters | None = None,
+) -> Page:
+    """The caller's conversations, newest activity first, with the total for paging."""
+    f = filters or ListFilters()
+    handler = is_handler(session, user.id)
+    v = _visible_rows(user.id, handler)
+    cond = _filter_conditions(session, f, handler, v)
+    last = Conversation.last_message_at if handler else Conversation.public_last_message_at
+    base = select(Conversation, v.c.read, v.c.followup).join(
+        v, v.c.conversation_id == Conversation.id
+    )
+    total = session.scalar(
+        select(func.count())
+        .select_from(Conversation)
+        .join(v, v.c.conversation_id == Conversation.id)
+        .where(*cond)
+    )
+    rows = session.execute(
+        base.where(*cond)
+        .order_by(last.desc(), Conversation.id.desc())
+        .offset(max(0, page - 1) * page_size)
+        .limit(page_size)
+    ).all()
+    items = [
+        Summary(conversation=r[0], read=bool(r[1]), followup=bool(r[2]), handler=handler)
+        for r in rows
+    ]
+    return Page(items=items, total=int(total or 0), page=page, page_size=page_size)
+
+
+def view_conversation(session: Session, user: User, uid: str) -> View:
+    """A conversation as the caller may see it: messages oldest first (internal replies for
+    handlers only), at most 30 participants inline, and the participant count."""
+    conv, acc = get_visible(session, user, uid)
+    msg_q = select(Message).where(Message.conversation_id == conv.id)
+    if not acc.handler:
+        msg_q = msg_q.where(Message.internal.is_(False))
+    messages = list(session.scalars(msg_q.order_by(Message.id)))
+    participants, count = _participants(session, conv, user, acc)
+    delivery = session.scalar(
+        select(Delivery)
+        .where(Delivery.conversation_id == conv.id, Delivery.kind == DeliveryKind.SEND.value)
+        .order_by(Delivery.id)
+        .limit(1)
+    )
+    summary = Summary(conversation=conv, read=acc.read, followup=acc.followup, handler=acc.handler)
+    return View(
+        summary=summary,
+        messages=messages,
+        participants=participants,
+        participant_count=count,
+        delivery=delivery,
+    )
+
+
+def _participants(
+    session: Session, conv: Conversation, user: User, acc: Access
+) -> tuple[list[User], int]:
+    if conv.is_announcement and conv.created_by_id != user.id:
+        # Recipients of an announcement see its sender, not each other.
+        sender = session.get(User, conv.created_by_id) if conv.created_by_id else None
+        return ([sender] if sender else []), conv.participant_count
+    q = select(User).join(Inbox, Inbox.user_id == User.id).where(Inbox.conversation_id == conv.id)
+    if conv.message_type == MessageType.TICKET.value:
+        if not acc.handler:
+            # The feedback sender sees themself and the team as one party: no handler names.
+            q = q.where(Inbox.as_handler.is_(False))
+        count = int(session.scalar(select(func.count()).select_from(q.subquery())) or 0)
+    else:
+        count = conv.participant_count
+    people = list(session.scalars(q.order_by(Inbox.user_id).limit(PARTICIPANTS_INLINE)))
+    return people, count
+
+
+def delivery_for(session: Session, user: User, uid: str) -> Delivery:
+    """The conversation's original delivery, for its sender and administrators only."""
+    conv = session.scalar(select(Conversation).where(Conversation.uid == uid))
+    allowed = conv is not None and (user.is_admin or conv.created_by_id == user.id)
+    if conv is not None and allowed:
+        found = session.scalar(
+            select(Delivery)
+            .where(Delivery.conversation_id == conv.id, Delivery.kind == DeliveryKind.SEND.value)
+            .order_by(Delivery.id)
+            .limit(1)
+        )
+        if found is not None:
+            return found
+    raise NotFound(f"Message conversation does not exist: {uid}", field="id")
+
+
+def delivery_by_uid(session: Session, user: User, uid: str) -> Delivery:
+    """Any delivery (a send or a reply's) by its id, for whoever started it and administrators."""
+    found = session.scalar(select(Delivery).where(Delivery.uid == uid))
+    if found is None or not (user.is_admin or found.actor_id == user.id):
+        raise NotFound(f"Delivery does not exist: {uid}", field="id")
+    return found
