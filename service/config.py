@@ -108,7 +108,8 @@ class Settings:
             ]
             if missing:
                 raise ConfigError(
-                    "production mode (APP_ENV=production) needs these settings: " + ", ".join(missing)
+                    "production mode (APP_ENV=production) needs these settings: "
+                    + ", ".join(missing)
                 )
         return self
 

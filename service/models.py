@@ -226,9 +226,7 @@ class Message(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     uid: Mapped[str] = mapped_column(String(11), unique=True, default=new_uid)
-    conversation_id: Mapped[int] = mapped_column(
-        ForeignKey("conversation.id", ondelete="CASCADE")
-    )
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id", ondelete="CASCADE"))
     sender_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     text: Mapped[str] = mapped_column(Text)
     # Internal replies on feedback are seen by feedback handlers only.

@@ -31,6 +31,8 @@ class CeleryPublisher:
         try:
             self._app().send_task(name, args=list(args), queue=TASK_QUEUES[name])
         except Exception:  # any broker failure: the database still records the work
-            log.warning("publish of %s%s failed; the sweep will retry it", name, args, exc_info=True)
+            log.warning(
+                "publish of %s%s failed; the sweep will retry it", name, args, exc_info=True
+            )
             return False
         return True
