@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -757,13 +758,13 @@ def _write_units(
     total = len(parsed.units)
     done = 0
     # New units by depth: a new unit's parent is stored or new and one level up, so inserting
-    # level by level always knows the parent's id.
-    by_level: dict[int, list[_Unit]] = {}
-    for unit in parsed.units.values():
-        if unit.uid not in tree.stored:
-            by_level.setdefault(_level(tree.path_of[unit.uid]), []).append(unit)
-    for level in sorted(by_level):
-        for chunk in _chunks(by_level[level]):
+    # level by level always knows the parent's id. A statement holds one level's units only.
+    new = sorted(
+        (u for u in parsed.units.values() if u.uid not in tree.stored),
+        key=lambda u: (_level(tree.path_of[u.uid]), u.order),
+    )
+    for chunk in _chunks(new):
+        for level, units in itertools.groupby(chunk, key=lambda u: _level(tree.path_of[u.uid])):
             rows = [
                 {
                     "uid": unit.uid,
@@ -776,11 +777,11 @@ def _write_units(
                     "opening_date": unit.opening_date,
                     "closed_date": unit.closed_date,
                 }
-                for unit in chunk
+                for unit in units
             ]
             unit_ids.update(_insert_returning(session, _ORG_UNIT, rows))
-            done += len(chunk)
-            progress("organisationUnits", done, total)
+        done += len(chunk)
+        progress("organisationUnits", done, total)
     counts["org_units_created"] = done
 
     changes: list[dict[str, Any]] = []
