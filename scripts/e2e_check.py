@@ -26,11 +26,11 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import select
 
-from service.config import load_settings  # noqa: E402
-from service.db import make_engine, make_session_factory  # noqa: E402
-from service.models import (  # noqa: E402
+from service.config import load_settings
+from service.db import make_engine, make_session_factory
+from service.models import (
     Conversation,
     Inbox,
     OrgUnit,
@@ -38,10 +38,10 @@ from service.models import (  # noqa: E402
     user_group_members,
     user_org_units,
 )
-from service.system_settings import feedback_group  # noqa: E402
+from service.system_settings import feedback_group
 
 BO = "O6uvpzGd5pu"
-PASSWORD = "district"  # the demo logins' published password
+PASSWORD = "district"  # noqa: S105 - the demo logins' published password
 
 
 class CheckFailed(AssertionError):
@@ -144,7 +144,7 @@ def run(base: str, database_url: str, timeout: float) -> None:
         "POST",
         f"/api/messageConversations/feedback?subject=Fridge+broken+{tag}",
         expect=201,
-        data="The vaccine fridge is broken.".encode(),
+        data=b"The vaccine fridge is broken.",
         headers={"Content-Type": "text/plain"},
     )
     fb_id = fb["id"]

@@ -499,8 +499,13 @@ class Supervisor:
 
 
 def demo_logins() -> list[str]:
-    """The demo sign-ins, as the seed command defines them."""
-    return ["Demo logins: see the seed-demo output and README.md"]
+    """The demo sign-ins, as the seed command defines them (service/demo.py)."""
+    from service.demo import demo_logins as logins
+
+    return [
+        "Demo logins (username / password):",
+        *(f"  {x.username} / {x.password}: {x.role}, {x.org_unit}" for x in logins()),
+    ]
 
 
 def _port(raw: str) -> int:

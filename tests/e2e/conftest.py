@@ -3,6 +3,7 @@ database index of its own, never flushed), and real worker and web server proces
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -59,10 +60,8 @@ class Proc:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
