@@ -721,11 +721,10 @@ def _write(
         UserGroup,
         parsed.user_groups,
         plan.user_groups_stored,
-        "userGroups",
         "user_groups",
-        progress,
         counts,
     )
+    progress("userGroups", len(parsed.user_groups), len(parsed.user_groups))
     user_ids = _write_users(session, parsed, plan, progress, counts)
 
     pairs = {(g, u.uid) for u in parsed.users.values() for g in u.groups}
@@ -824,9 +823,7 @@ def _write_named(
     model: type[Any],
     records: dict[str, _Group],
     stored: dict[str, Any],
-    stage: str,
     counter: str,
-    progress: Progress,
     counts: dict[str, int],
 ) -> dict[str, int]:
     """Upsert groups (uid, name, code); returns uid -> id for the documents' and stored groups."""
@@ -849,7 +846,6 @@ def _write_named(
     _bulk_update(session, model, changes)
     counts[f"{counter}_created"] = len(new)
     counts[f"{counter}_updated"] = len(changes)
-    progress(stage, len(records), len(records))
     return ids
 
 
@@ -867,9 +863,7 @@ def _write_unit_groups(
         OrgUnitGroup,
         parsed.unit_groups,
         plan.unit_groups_stored,
-        "organisationUnitGroups",
         "org_unit_groups",
-        progress,
         counts,
     )
     counts["org_unit_group_members_added"] = _insert_pairs(
@@ -881,6 +875,7 @@ def _write_unit_groups(
             for ou in g.members
         ],
     )
+    progress("organisationUnitGroups", len(parsed.unit_groups), len(parsed.unit_groups))
 
 
 def _write_users(
