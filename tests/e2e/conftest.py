@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, create_pg_database, migrate
+from tests.conftest import ROOT, create_pg_database, migrate, redis_server_binary
 
 E2E_REDIS_DB = 5
 VENV_BIN = Path(sys.executable).parent
@@ -71,25 +71,66 @@ class Proc:
         return self.popen.returncode
 
 
-@pytest.fixture(scope="module")
-def e2e_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> dict[str, str]:
-    suffix = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    db_url = create_pg_database(f"msg_e2e_{suffix}")
-    migrate(db_url)
+def start_redis(data_dir: Path) -> tuple[Proc, str]:
+    """A private redis-server on a Unix socket (the embedded default's broker), with AOF on."""
+    sock = data_dir / "redis.sock"
+    proc = Proc(
+        "redis",
+        [
+            redis_server_binary(),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        dict(os.environ),
+        data_dir,
+    )
+    proc.wait_for_log(r"(?i)ready to accept connections", timeout=30)
+    return proc, f"redis+socket://{sock}"
+
+
+@pytest.fixture(scope="module", params=["postgresql", "embedded"])
+def e2e_env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[dict[str, str]]:
+    """PostgreSQL with the shared Redis (a database index of its own), or the embedded default:
+    SQLite with a private redis-server, as `make run` has it."""
     data_dir = tmp_path_factory.mktemp("e2e")
+    redis_proc = None
+    if request.param == "postgresql":
+        suffix = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        db_url = create_pg_database(f"msg_e2e_{suffix}")
+        broker = f"{redis_url.rsplit('/', 1)[0]}/{E2E_REDIS_DB}"
+    else:
+        db_url = f"sqlite:///{data_dir / 'messaging.db'}"
+        redis_proc, broker = start_redis(data_dir)
+    migrate(db_url)
     env = dict(os.environ)
     env.update(
         APP_ENV="test",
         DATA_DIR=str(data_dir),
         DATABASE_URL=db_url,
-        CELERY_BROKER_URL=f"{redis_url.rsplit('/', 1)[0]}/{E2E_REDIS_DB}",
+        CELERY_BROKER_URL=broker,
         SECRET_KEY="e2e-secret",
         DELIVERY_BATCH_SIZE="100",
         SWEEP_INTERVAL="2",
         STALE_AFTER="15",
         PYTHONUNBUFFERED="1",
     )
-    return env
+    yield env
+    if redis_proc is not None:
+        redis_proc.stop()
 
 
 @pytest.fixture(scope="module")
