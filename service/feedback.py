@@ -23,6 +23,7 @@ from service.models import (
     Delivery,
     DeliveryKind,
     DeliveryState,
+    Inbox,
     MessageType,
     Priority,
     Status,
@@ -152,3 +153,41 @@ def handlers_exist(session: Session) -> bool:
     if group is None:
         return False
     return bool(session.scalar(select(exists().where(user_group_members.c.group_id == group.id))))
+
+
+def handlers(session: Session, limit: int = 200) -> list[User]:
+    """The feedback group's current, enabled members (the possible assignees), by name.
+
+    At most `limit` users: the list feeds a select control, and a feedback team is small. An empty
+    list when no group is configured. Reads only.
+    """
+    group = feedback_group(session)
+    if group is None:
+        return []
+    return list(
+        session.scalars(
+            select(User)
+            .join(user_group_members, user_group_members.c.user_id == User.id)
+            .where(user_group_members.c.group_id == group.id, User.disabled.is_(False))
+            .order_by(User.first_name, User.surname, User.username)
+            .limit(limit)
+        )
+    )
+
+
+def has_sent_feedback(session: Session, user: User) -> bool:
+    """Whether `user` has written feedback that is still in their inbox (shows the Feedback
+    folder to people who are not handlers). Reads only the user's own inbox rows."""
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    Inbox.user_id == user.id,
+                    Inbox.removed.is_(False),
+                    Inbox.conversation_id == Conversation.id,
+                    Conversation.message_type == MessageType.TICKET.value,
+                    Conversation.created_by_id == user.id,
+                )
+            )
+        )
+    )
