@@ -63,7 +63,10 @@ def _recipient_ids(
 
 
 def plan(session: Session, delivery_id: int, batch_size: int) -> PlanResult:
-    """Count the recipients and create the batches. Idempotent: only a QUEUED delivery is planned."""
+    """Count the recipients and create the batches.
+
+    Idempotent: only a QUEUED delivery is planned; a second run returns planned=False.
+    """
     now = utcnow()
     claimed = session.execute(
         update(Delivery)

@@ -24,7 +24,8 @@ def hash_password(password: str, rounds: int = 12) -> str:
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
-    """Constant-time check; a user without a hash still costs one bcrypt round (no timing oracle)."""
+    """Constant-time check; a user without a hash still costs one bcrypt round (no timing
+    oracle)."""
     raw = password.encode("utf-8")
     if len(raw) > MAX_PASSWORD_BYTES:
         return False

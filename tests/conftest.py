@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL and SQLite databases, migrated once, one rolled-back session per test.
+"""Shared fixtures: real PostgreSQL and SQLite databases, migrated once; a rolled-back session each.
 
 PostgreSQL is required: when it cannot be reached the tests fail, they never skip.
 """

@@ -74,7 +74,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
 
 def db() -> Session:
-    """The request's session, opened on first use; the view commits, teardown rolls back the rest."""
+    """The request's session, opened on first use.
+
+    The view commits; teardown rolls back whatever was left uncommitted.
+    """
     if "db" not in g:
         from flask import current_app
 

@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.passwords import hash_password
 from service.models import User
+from service.passwords import hash_password
 from web import create_app
 
 PASSWORD = "district-pass"
@@ -38,8 +38,13 @@ def publisher() -> RecordingPublisher:
 
 @pytest.fixture
 def app(db: Session, publisher: RecordingPublisher, tmp_path) -> Flask:
-    settings = Settings(env="test", data_dir=tmp_path, database_url="sqlite://",
-                        broker_url="memory://", secret_key="test-secret")
+    settings = Settings(
+        env="test",
+        data_dir=tmp_path,
+        database_url="sqlite://",
+        broker_url="memory://",
+        secret_key="test-secret",
+    )
     app = create_app(
         settings,
         session_factory=lambda: Session(
