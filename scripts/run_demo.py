@@ -82,6 +82,18 @@ class Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signum)
 
+    def clear_group(self, timeout: float = 2.0) -> None:
+        """Kill what is left of the process group (helpers whose leader exited) and wait until it
+        is gone, so that nothing of the demo outlives the supervisor."""
+        self.signal_group(signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.02)
+
 
 def _child_setup(parent_pid: int) -> Callable[[], None]:
     """Runs in the child before exec: die with the supervisor even if it is killed with SIGKILL."""
@@ -410,13 +422,13 @@ class Supervisor:
                     continue
             log(f"{child.name} did not stop in time; killing it")
             kill_child(child)
-        for child in self.children:  # leftovers of a group whose leader exited
-            child.signal_group(signal.SIGKILL)
+        for child in self.children:
+            child.clear_group()
         if self.redis is not None:
             from service.config import demo_broker_socket
 
             stop_redis(self.redis, demo_broker_socket(self.data_dir), should_hurry=self.hurry)
-            self.redis.signal_group(signal.SIGKILL)
+            self.redis.clear_group()
         if self.children or self.redis is not None:
             log("stopped")
 
