@@ -48,6 +48,7 @@ WORKER_QUEUES = "bulk,interactive"
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def log(message: str) -> None:
@@ -82,16 +83,29 @@ class Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signum)
 
-    def clear_group(self, timeout: float = 2.0) -> None:
-        """Kill what is left of the process group (helpers whose leader exited) and wait until it
-        is gone, so that nothing of the demo outlives the supervisor."""
+    def clear_group(self, grace: float = 3.0) -> None:
+        """After the child exited: let the rest of its process group (a worker's beat process)
+        finish, kill what is still there after `grace` seconds, and wait until the group is gone,
+        so that nothing of the demo outlives the supervisor."""
+        if self._group_gone_within(grace):
+            return
         self.signal_group(signal.SIGKILL)
+        self._group_gone_within(2.0)
+
+    def _group_gone_within(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            # Members orphaned by the child's exit are re-parented to the supervisor (a child
+            # subreaper): reap them, or they would linger as zombies still in the group.
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-self.proc.pid, os.WNOHANG)[0]:
+                    pass
             try:
                 os.killpg(self.proc.pid, 0)
             except (ProcessLookupError, PermissionError):
-                return
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.02)
 
 
@@ -555,6 +569,8 @@ def main() -> int:
     except (DemoError, ConfigError) as exc:
         log(f"error: {exc}")
         return 1
+    if _LIBC is not None:  # orphaned grandchildren come to us, so stop() can wait for them
+        _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1)
     with handle_signals(supervisor.on_signal):
         return supervisor.run()
 
