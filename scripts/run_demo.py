@@ -318,6 +318,8 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 
 
 class Supervisor:
+    """Starts the demo's processes in order, watches them, and stops them in order."""
+
     def __init__(self, env: dict[str, str]) -> None:
         from service.config import load_settings
 
@@ -328,7 +330,7 @@ class Supervisor:
         self.env = env
         self.data_dir = data_dir
         self.port = _port(env.get("PORT", "5000"))
-        self.stop_timeout = float(env.get("STOP_TIMEOUT") or 15)
+        self.stop_timeout = _seconds(env.get("STOP_TIMEOUT") or "15", "STOP_TIMEOUT")
         self.embedded_broker = not env.get("CELERY_BROKER_URL")
         # Built once here, before any child starts: in demo mode this also writes the secret key,
         # so web and worker never race to create it.
@@ -391,20 +393,10 @@ class Supervisor:
             self.check_stop()
 
         python = sys.executable
-        web = [
-            python,
-            "-m",
-            "flask",
-            "--app",
-            "web",
-            "run",
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-        ]
         # No reloader: it would fork a second server the supervisor does not know about.
-        self.children.append(spawn("web", [*web, "--no-reload"], self.env))
+        web = [python, "-m", "flask", "--app", "web", "run", "--no-reload"]
+        web += ["--host", HOST, "--port", str(self.port)]
+        self.children.append(spawn("web", web, self.env))
         worker = [python, "-m", "celery", "-A", "tasks", "worker", "-Q", WORKER_QUEUES]
         worker += ["--concurrency", "2", "-n", "demo@%h", "--loglevel", "INFO"]
         # Embedded beat (-B) runs the periodic sweep; its schedule file lives in the data folder.
@@ -532,6 +524,16 @@ def demo_logins() -> list[str]:
         "Demo logins (username / password):",
         *(f"  {x.username} / {x.password}: {x.role}, {x.org_unit}" for x in logins()),
     ]
+
+
+def _seconds(raw: str, name: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DemoError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise DemoError(f"{name} must not be negative, got {value}")
+    return value
 
 
 def _port(raw: str) -> int:
