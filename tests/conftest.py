@@ -28,8 +28,19 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+# Several checkouts may run their tests at once on one machine: each sets TEST_NAMESPACE (a short
+# word) so that its databases and its Redis database index are its own.
+TEST_NAMESPACE = os.environ.get("TEST_NAMESPACE", "")
+
+
 def _worker_suffix() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def run_db_name(stem: str) -> str:
+    """The name of a per-run PostgreSQL database: `msg_test[_<namespace>]_<stem>`."""
+    ns = f"_{TEST_NAMESPACE}" if TEST_NAMESPACE else ""
+    return f"msg_test{ns}_{stem}"
 
 
 def migrate(url: str) -> None:
@@ -62,7 +73,7 @@ def create_pg_database(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def pg_url() -> str:
-    url = create_pg_database(f"msg_test_{_worker_suffix()}")
+    url = create_pg_database(run_db_name(_worker_suffix()))
     migrate(url)
     return url
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, create_pg_database, migrate, redis_server_binary
+from tests.conftest import ROOT, create_pg_database, migrate, redis_server_binary, run_db_name
 
-E2E_REDIS_DB = 5
+# The shared Redis's database index for these tests; TEST_E2E_REDIS_DB lets checkouts differ.
+E2E_REDIS_DB = int(os.environ.get("TEST_E2E_REDIS_DB", "5"))
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -110,7 +111,7 @@ def e2e_env(
     redis_proc = None
     if request.param == "postgresql":
         suffix = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        db_url = create_pg_database(f"msg_e2e_{suffix}")
+        db_url = create_pg_database(run_db_name(f"e2e_{suffix}"))
         broker = f"{redis_url.rsplit('/', 1)[0]}/{E2E_REDIS_DB}"
     else:
         db_url = f"sqlite:///{data_dir / 'messaging.db'}"

@@ -15,7 +15,7 @@ from service import messaging as msg
 from service.db import make_engine, make_session_factory, utcnow
 from service.models import Delivery, Inbox
 from tests import factories as f
-from tests.conftest import create_pg_database, migrate
+from tests.conftest import create_pg_database, migrate, run_db_name
 
 
 def test_sweep_republishes_only_stalled_deliveries(db: Session) -> None:
@@ -67,7 +67,7 @@ def test_begin_attempt_refuses_finished_batches(db: Session) -> None:
 @pytest.fixture(scope="module")
 def committing_engine() -> Iterator[Engine]:
     """A PostgreSQL database of its own for tests whose sessions must commit."""
-    url = create_pg_database("msg_test_commit")
+    url = create_pg_database(run_db_name("commit"))
     migrate(url)
     engine = make_engine(url)
     yield engine

@@ -26,7 +26,7 @@ from service.config import Settings
 from service.db import make_engine
 from service.models import OrgUnit, User, UserGroup
 from service.passwords import verify_password
-from tests.conftest import ROOT, create_pg_database, migrate
+from tests.conftest import ROOT, create_pg_database, migrate, run_db_name
 from web import create_app
 
 DATA = ROOT / "data" / "dhis2"
@@ -271,7 +271,7 @@ def test_db_upgrade_and_downgrade(tmp_path: Path) -> None:
 
 
 def test_commands_on_postgresql(tmp_path: Path) -> None:
-    url = create_pg_database(f"msg_test_cli_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
+    url = create_pg_database(run_db_name(f"cli_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
     app = make_app(url, tmp_path)
     try:
         assert run(app, "db", "upgrade").exit_code == 0
