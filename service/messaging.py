@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
+    and_,
+    case,
     exists,
     false,
     func,
@@ -136,6 +139,40 @@ class Summary:
         return c.last_sender if self.handler else c.public_last_sender
 
 
+FILTER_FIELDS = ("message_type", "status", "priority", "read", "followup", "assignee")
+FILTER_OPS = ("eq", "ne", "in", "!in", "null", "!null")
+ORDER_KEYS = (
+    "last_message",
+    "created",
+    "subject",
+    "message_count",
+    "status",
+    "priority",
+    "read",
+    "followup",
+)
+FOLDERS = {
+    "messages": MessageType.PRIVATE.value,
+    "feedback": MessageType.TICKET.value,
+    "system": MessageType.SYSTEM.value,
+}
+MAX_QUERY_TOKENS = 10
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One `field op values` test on a listed conversation.
+
+    Fields: message_type, status, priority (enum names), read, followup (booleans), assignee (a
+    user uid). Ops: eq, ne, in, !in (values), null, !null (no values). The assignee of feedback is
+    the handlers' business: for anyone else every conversation is unassigned.
+    """
+
+    field: str
+    op: str
+    values: tuple[object, ...] = ()
+
+
 @dataclass(frozen=True)
 class ListFilters:
     message_type: str | None = None
@@ -144,7 +181,32 @@ class ListFilters:
     read: bool | None = None
     followup: bool | None = None
     assignee_uid: str | None = None
+    # Words searched in the subject, visible message text and visible messages' sender names;
+    # every word must match somewhere ("token"), or the whole phrase when `query_phrase`.
     query: str | None = None
+    query_phrase: bool = False
+    folder: str | None = None  # messages, feedback, system
+    assigned_to_me: bool = False
+    conditions: tuple[Condition, ...] = ()
+    # (key, descending) pairs from ORDER_KEYS; newest activity first when empty.
+    order: tuple[tuple[str, bool], ...] = ()
+
+    def all_conditions(self) -> list[Condition]:
+        out = list(self.conditions)
+        for name in ("message_type", "status", "priority", "read", "followup"):
+            value = getattr(self, name)
+            if value is not None:
+                out.append(Condition(name, "eq", (value,)))
+        if self.folder is not None:
+            if self.folder not in FOLDERS:
+                raise InvalidInput(
+                    f"folder must be one of {', '.join(FOLDERS)}, got {self.folder!r}.",
+                    field="folder",
+                )
+            out.append(Condition("message_type", "eq", (FOLDERS[self.folder],)))
+        if self.assignee_uid is not None:
+            out.append(Condition("assignee", "eq", (self.assignee_uid,)))
+        return out
 
 
 @dataclass(frozen=True)
@@ -717,48 +779,151 @@ def _like(value: str) -> str:
     return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _filter_conditions(
-    session: Session, f: ListFilters, handler: bool, v
-) -> list[ColumnElement[bool]]:  # type: ignore[no-untyped-def]
+def _query_condition(words: list[str], handler: bool) -> ColumnElement[bool]:
+    """Every word in the subject, or in a message the caller may see, or in its sender's name.
+
+    Internal replies (and their senders) are searched for feedback handlers only, so a search can
+    never reveal that an internal reply contains a word."""
     cond: list[ColumnElement[bool]] = []
-    if f.message_type:
-        cond.append(Conversation.message_type == f.message_type)
-    if f.status:
-        cond.append(Conversation.status == f.status)
-    if f.priority:
-        cond.append(Conversation.priority == f.priority)
-    if f.read is not None:
-        cond.append(v.c.read.is_(f.read))
-    if f.followup is not None:
-        cond.append(v.c.followup.is_(f.followup))
-    if f.assignee_uid:
-        assignee = select(User.id).where(User.uid == f.assignee_uid).scalar_subquery()
-        cond.append(Conversation.assignee_id == assignee)
-    if f.query:
-        pattern = _like(f.query.strip())
-        msg_cond = [Message.conversation_id == Conversation.id]
+    full_name = func.coalesce(User.first_name, "") + " " + func.coalesce(User.surname, "")
+    for word in words:
+        pattern = _like(word)
+        visible = [Message.conversation_id == Conversation.id]
         if not handler:
-            msg_cond.append(Message.internal.is_(False))
+            visible.append(Message.internal.is_(False))
         sender_match = exists().where(
             User.id == Message.sender_id,
             or_(
-                User.first_name.ilike(pattern, escape="\\"),
-                User.surname.ilike(pattern, escape="\\"),
                 User.username.ilike(pattern, escape="\\"),
-                (func.coalesce(User.first_name, "") + " " + func.coalesce(User.surname, "")).ilike(
-                    pattern, escape="\\"
-                ),
+                full_name.ilike(pattern, escape="\\"),
             ),
         )
         cond.append(
             or_(
                 Conversation.subject.ilike(pattern, escape="\\"),
                 exists().where(
-                    *msg_cond, or_(Message.text.ilike(pattern, escape="\\"), sender_match)
+                    *visible, or_(Message.text.ilike(pattern, escape="\\"), sender_match)
                 ),
             )
         )
+    return and_(*cond)
+
+
+def _bool_value(c: Condition, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{c.field} must be true or false.", field=c.field)
+    return value
+
+
+def _enum_value(c: Condition, value: object) -> str:
+    allowed = {"message_type": MessageType, "status": Status, "priority": Priority}[c.field]
+    names = {e.value for e in allowed}
+    if not isinstance(value, str) or value.upper() not in names:
+        raise InvalidInput(
+            f"{c.field} must be one of {', '.join(sorted(names))}, got {value!r}.", field=c.field
+        )
+    return value.upper()
+
+
+def _condition(c: Condition, handler: bool, v) -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+    if c.field not in FILTER_FIELDS:
+        raise InvalidInput(f"Unknown filter field {c.field!r}.", field=c.field)
+    if c.op not in FILTER_OPS:
+        raise InvalidInput(f"Unknown filter operator {c.op!r} for {c.field}.", field=c.field)
+    column: ColumnElement[object]
+    values: list[object]
+    if c.field in ("read", "followup"):
+        column = v.c.read if c.field == "read" else v.c.followup
+        values = [_bool_value(c, x) for x in c.values]
+    elif c.field == "assignee":
+        # Who handles feedback is shown to handlers only; for anyone else nothing is assigned.
+        column = Conversation.assignee_id if handler else literal(None, Integer)
+        uids = [x for x in c.values if isinstance(x, str)]
+        if len(uids) != len(c.values):
+            raise InvalidInput("assignee must be a user id.", field="assignee")
+        values = []
+        if uids and handler:
+            values = [select(User.id).where(User.uid.in_(uids))]
+    else:
+        column = getattr(Conversation, c.field)
+        values = [_enum_value(c, x) for x in c.values]
+
+    if c.op in ("null", "!null"):
+        if c.values:
+            raise InvalidInput(f"Operator {c.op} takes no value.", field=c.field)
+        return column.is_(None) if c.op == "null" else column.is_not(None)
+    if not c.values:
+        raise InvalidInput(f"Operator {c.op} for {c.field} needs a value.", field=c.field)
+    if c.op in ("eq", "ne") and len(c.values) != 1:
+        raise InvalidInput(f"Operator {c.op} for {c.field} takes one value.", field=c.field)
+    if c.field == "assignee":
+        if not values:  # nobody the caller may see is assigned
+            return false() if c.op in ("eq", "in") else true()
+        found = Conversation.assignee_id.in_(values[0])  # type: ignore[arg-type]
+        if c.op in ("eq", "in"):
+            return found
+        return or_(Conversation.assignee_id.is_(None), ~found)
+    if c.op in ("eq", "in"):
+        return column.in_(values)
+    return column.not_in(values)
+
+
+def _filter_conditions(
+    session: Session, user: User, f: ListFilters, handler: bool, v
+) -> list[ColumnElement[bool]]:  # type: ignore[no-untyped-def]
+    cond = [_condition(c, handler, v) for c in f.all_conditions()]
+    if f.assigned_to_me:
+        cond.append(Conversation.assignee_id == user.id if handler else false())
+    if f.query and f.query.strip():
+        words = [f.query.strip()] if f.query_phrase else f.query.split()
+        if len(words) > MAX_QUERY_TOKENS:
+            raise InvalidInput(
+                f"Search for at most {MAX_QUERY_TOKENS} words at once.", field="query"
+            )
+        cond.append(_query_condition(words, handler))
     return cond
+
+
+_PRIORITY_RANK = case(
+    {Priority.LOW.value: 1, Priority.MEDIUM.value: 2, Priority.HIGH.value: 3},
+    value=Conversation.priority,
+    else_=0,
+)
+_STATUS_RANK = case(
+    {
+        Status.OPEN.value: 1,
+        Status.PENDING.value: 2,
+        Status.INVALID.value: 3,
+        Status.SOLVED.value: 4,
+    },
+    value=Conversation.status,
+    else_=0,
+)
+
+
+def _order_by(f: ListFilters, handler: bool, v) -> list[ColumnElement[object]]:  # type: ignore[no-untyped-def]
+    last = Conversation.last_message_at if handler else Conversation.public_last_message_at
+    count = Conversation.message_count if handler else Conversation.public_message_count
+    columns: dict[str, ColumnElement[object]] = {
+        "last_message": last,
+        "created": Conversation.created_at,
+        "subject": func.lower(Conversation.subject),
+        "message_count": count,
+        "status": _STATUS_RANK,
+        "priority": _PRIORITY_RANK,
+        "read": v.c.read,
+        "followup": v.c.followup,
+    }
+    out: list[ColumnElement[object]] = []
+    for key, descending in f.order or (("last_message", True),):
+        if key not in columns:
+            raise InvalidInput(
+                f"Cannot order by {key!r}; choose one of {', '.join(ORDER_KEYS)}.", field="order"
+            )
+        out.append(columns[key].desc() if descending else columns[key].asc())
+    # A stable tie-break so that pages never overlap or skip.
+    out.append(Conversation.id.desc())
+    return out
 
 
 def list_conversations(
@@ -769,15 +934,14 @@ def list_conversations(
     page_size: int = 50,
     filters: ListFilters | None = None,
 ) -> Page:
-    """The caller's conversations, newest activity first, with the total for paging."""
+    """The caller's conversations (newest activity first unless `filters.order` says otherwise),
+    one page of them, with the total of the filtered set for paging. Two statements: a count and
+    the page; filters, search and order run in SQL."""
     f = filters or ListFilters()
     handler = is_handler(session, user.id)
     v = _visible_rows(user.id, handler)
-    cond = _filter_conditions(session, f, handler, v)
-    last = Conversation.last_message_at if handler else Conversation.public_last_message_at
-    base = select(Conversation, v.c.read, v.c.followup).join(
-        v, v.c.conversation_id == Conversation.id
-    )
+    cond = _filter_conditions(session, user, f, handler, v)
+    order = _order_by(f, handler, v)
     total = session.scalar(
         select(func.count())
         .select_from(Conversation)
@@ -785,8 +949,10 @@ def list_conversations(
         .where(*cond)
     )
     rows = session.execute(
-        base.where(*cond)
-        .order_by(last.desc(), Conversation.id.desc())
+        select(Conversation, v.c.read, v.c.followup)
+        .join(v, v.c.conversation_id == Conversation.id)
+        .where(*cond)
+        .order_by(*order)
         .offset(max(0, page - 1) * page_size)
         .limit(page_size)
     ).all()

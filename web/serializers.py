@@ -39,7 +39,8 @@ def summary(s: Summary) -> dict[str, Any]:
         "created": iso(c.created_at),
         "lastUpdated": iso(s.last_message),
         "createdBy": user_ref(c.created_by),
-        "assignee": user_ref(c.assignee),
+        # Who handles feedback is the handlers' business.
+        "assignee": user_ref(c.assignee) if s.handler else None,
         "announcement": c.is_announcement,
     }
 

@@ -325,3 +325,175 @@ def test_total_counts_recipients_other_than_sender(db: Session, tree) -> None:
 def test_disabled_sender_data_untouched(db: Session) -> None:
     a = f.user(db)
     assert db.get(User, a.id).disabled is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing: search, filters and order
+
+
+def uids_of(page: msg.Page) -> list[str]:
+    return [s.conversation.uid for s in page.items]
+
+
+@pytest.fixture
+def mixed_inbox(db: Session):
+    """A handler's inbox with private messages, feedback in several states and a system message."""
+    from service import feedback as fb
+
+    handler = f.user(db, first_name="Hawa", surname="Sesay")
+    other_handler = f.user(db, first_name="Idrissa", surname="Bangura")
+    f.feedback_team(db, handler, other_handler)
+    writer = f.user(db, first_name="Fatmata", surname="Koroma")
+    friend = f.user(db, first_name="Musa", surname="Conteh")
+    private = msg.send_message(
+        db, friend, "Malaria stock", "Need ACT kits", msg.Recipients(users=[handler.uid])
+    )
+    deliver(db, private.delivery.id)
+    t1 = fb.send_feedback(db, writer, "Cold chain", "The fridge is warm")
+    t2 = fb.send_feedback(db, writer, "Reporting form", "Field 7 is missing")
+    t3 = fb.send_feedback(db, writer, "Zinc supply", "Out of zinc")
+    fb.set_status(db, handler, t2.uid, "PENDING")
+    fb.set_priority(db, handler, t2.uid, "HIGH")
+    fb.set_priority(db, handler, t3.uid, "LOW")
+    fb.set_assignee(db, handler, t2.uid, handler.uid)
+    fb.set_assignee(db, handler, t3.uid, other_handler.uid)
+    msg.reply(db, handler, t1.uid, "budget code 4711 approved", internal=True)
+    system = msg.direct_conversation(
+        db,
+        handler,
+        [handler.id],
+        "Delivery failed",
+        "3 recipients missed",
+        message_type=msg.MessageType.SYSTEM,
+    )
+    db.flush()
+    return {
+        "handler": handler,
+        "other_handler": other_handler,
+        "writer": writer,
+        "friend": friend,
+        "private": private.conversation.uid,
+        "t1": t1.uid,
+        "t2": t2.uid,
+        "t3": t3.uid,
+        "system": system.uid,
+    }
+
+
+def test_search_matches_subject_text_and_sender_name_every_word(db: Session, mixed_inbox) -> None:
+    h = mixed_inbox["handler"]
+
+    def search(q: str, **kw) -> list[str]:
+        return sorted(
+            uids_of(msg.list_conversations(db, h, filters=msg.ListFilters(query=q, **kw)))
+        )
+
+    assert search("cold") == [mixed_inbox["t1"]]  # subject
+    assert search("ACT KITS") == [mixed_inbox["private"]]  # text, case-insensitive
+    assert search("conteh") == [mixed_inbox["private"]]  # sender's surname
+    assert search("musa conteh", query_phrase=True) == [mixed_inbox["private"]]  # full name
+    assert search("koroma zinc") == [mixed_inbox["t3"]]  # every word, anywhere in it
+    assert search("koroma nothing-like-this") == []
+    assert search("100%") == []  # LIKE wildcards are literal
+    assert search("4711") == [mixed_inbox["t1"]]  # handlers search internal replies
+
+
+def test_search_never_matches_internal_replies_for_others(db: Session, mixed_inbox) -> None:
+    writer = mixed_inbox["writer"]
+    f_ = msg.ListFilters
+    assert msg.list_conversations(db, writer, filters=f_(query="4711")).total == 0
+    assert msg.list_conversations(db, writer, filters=f_(query="approved budget")).total == 0
+    # Nor by the internal reply's sender: the handler wrote nothing public in t1.
+    assert msg.list_conversations(db, writer, filters=f_(query="Sesay")).total == 0
+    assert msg.list_conversations(db, writer, filters=f_(query="fridge")).total == 1
+
+
+def test_filters_combine_and_totals_match(db: Session, mixed_inbox) -> None:
+    h = mixed_inbox["handler"]
+    C = msg.Condition
+
+    def listed(**kw) -> tuple[int, list[str]]:
+        page = msg.list_conversations(db, h, page_size=2, filters=msg.ListFilters(**kw))
+        everything = msg.list_conversations(db, h, page_size=100, filters=msg.ListFilters(**kw))
+        assert page.total == everything.total == len(everything.items)
+        return page.total, sorted(uids_of(everything))
+
+    t1, t2, t3 = mixed_inbox["t1"], mixed_inbox["t2"], mixed_inbox["t3"]
+    assert listed()[0] == 5
+    assert listed(folder="feedback") == (3, sorted([t1, t2, t3]))
+    assert listed(folder="system") == (1, [mixed_inbox["system"]])
+    assert listed(folder="messages") == (1, [mixed_inbox["private"]])
+    assert listed(message_type="TICKET", status="OPEN") == (2, sorted([t1, t3]))
+    assert listed(conditions=(C("priority", "in", ("HIGH", "LOW")),)) == (2, sorted([t2, t3]))
+    assert listed(conditions=(C("message_type", "ne", ("TICKET",)),))[0] == 2
+    assert listed(conditions=(C("status", "!in", ("NONE", "OPEN")),)) == (1, [t2])
+    assert listed(assigned_to_me=True) == (1, [t2])
+    assert listed(assignee_uid=mixed_inbox["other_handler"].uid) == (1, [t3])
+    assert listed(conditions=(C("assignee", "!null"),)) == (2, sorted([t2, t3]))
+    assert listed(folder="feedback", conditions=(C("assignee", "null"),)) == (1, [t1])
+    assert listed(conditions=(C("assignee", "ne", (h.uid,)),))[0] == 4
+    assert listed(read=True, folder="feedback") == (1, [t1])  # replied to it: read
+    msg.set_followup(db, h, [t3], True)
+    assert listed(followup=True) == (1, [t3])
+    assert listed(folder="feedback", followup=False, status="OPEN") == (1, [t1])
+
+
+def test_assignee_is_invisible_to_people_who_do_not_handle_feedback(
+    db: Session, mixed_inbox
+) -> None:
+    writer = mixed_inbox["writer"]
+    h = mixed_inbox["handler"]
+    C = msg.Condition
+
+    def total(**kw) -> int:
+        return msg.list_conversations(db, writer, filters=msg.ListFilters(**kw)).total
+
+    assert total() == 3
+    assert total(assignee_uid=h.uid) == 0
+    assert total(conditions=(C("assignee", "!null"),)) == 0
+    assert total(conditions=(C("assignee", "null"),)) == 3
+    assert total(assigned_to_me=True) == 0
+
+
+def test_order_by_subject_priority_and_oldest_first(db: Session, mixed_inbox) -> None:
+    h = mixed_inbox["handler"]
+
+    def ordered(*order: tuple[str, bool], **kw) -> list[str]:
+        filters = msg.ListFilters(order=order, **kw)
+        return uids_of(msg.list_conversations(db, h, filters=filters))
+
+    m = mixed_inbox
+    assert ordered(("subject", False)) == [m["t1"], m["system"], m["private"], m["t2"], m["t3"]]
+    assert ordered(("subject", True))[0] == m["t3"]
+    assert ordered(("priority", True), folder="feedback") == [m["t2"], m["t3"], m["t1"]]
+    newest = ordered()
+    assert ordered(("last_message", False)) == list(reversed(newest))
+    # Pages of an order never overlap and cover everything.
+    pages = [
+        uids_of(
+            msg.list_conversations(
+                db, h, page=p, page_size=2, filters=msg.ListFilters(order=(("status", False),))
+            )
+        )
+        for p in (1, 2, 3)
+    ]
+    assert sorted(uid for page in pages for uid in page) == sorted(newest)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        msg.ListFilters(conditions=(msg.Condition("subject", "eq", ("x",)),)),
+        msg.ListFilters(conditions=(msg.Condition("status", "like", ("OPEN",)),)),
+        msg.ListFilters(conditions=(msg.Condition("status", "eq", ("CLOSED",)),)),
+        msg.ListFilters(conditions=(msg.Condition("read", "eq", ("yes",)),)),
+        msg.ListFilters(conditions=(msg.Condition("status", "null", ("OPEN",)),)),
+        msg.ListFilters(conditions=(msg.Condition("status", "in", ()),)),
+        msg.ListFilters(order=(("sender", True),)),
+        msg.ListFilters(folder="archive"),
+        msg.ListFilters(query=" ".join(["w"] * 11)),
+    ],
+)
+def test_bad_filters_are_invalid_input(db: Session, filters: msg.ListFilters) -> None:
+    with pytest.raises(InvalidInput):
+        msg.list_conversations(db, f.user(db), filters=filters)
