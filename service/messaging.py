@@ -352,6 +352,65 @@ def get_visible(session: Session, user: User, uid: str) -> tuple[Conversation, A
 # Sending
 
 
+def _record_targets(
+    session: Session,
+    sender: User,
+    conv: Conversation,
+    targets: dict[TargetKind, set[int]],
+    include_descendants: bool,
+    now: dt.datetime,
+) -> Delivery:
+    delivery = Delivery(
+        conversation_id=conv.id,
+        kind=DeliveryKind.SEND.value,
+        state=DeliveryState.QUEUED.value,
+        actor_id=sender.id,
+        include_descendants=include_descendants,
+        created_at=now,
+        touched_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    session.add_all(
+        DeliveryTarget(delivery_id=delivery.id, kind=kind.value, target_id=target_id)
+        for kind, ids in targets.items()
+        for target_id in ids
+    )
+    session.flush()
+    return delivery
+
+
+def _check_sending_rights(
+    session: Session, sender: User, delivery: Delivery, targets: dict[TargetKind, set[int]]
+) -> None:
+    """Organisation units (and their groups) only within the sender's own subtrees, unless the
+    sender is an administrator or a broadcaster."""
+    if not (targets[TargetKind.ORG_UNIT] or targets[TargetKind.ORG_UNIT_GROUP]):
+        return
+    if sender.is_admin or sender.is_broadcaster:
+        return
+    own_paths = [ou.path for ou in sender.org_units]
+    outside = session.scalars(
+        rcpt.units_outside(rcpt.target_org_units(delivery.id), own_paths).limit(5)
+    ).all()
+    if outside:
+        raise Forbidden(
+            "You may only send to organisation units within your own assigned units; not "
+            f"within them: {', '.join(sorted(outside))}",
+            field="organisationUnits",
+        )
+
+
+def _clean_targets(session: Session, to: Recipients, ou_mode: object) -> dict[TargetKind, set[int]]:
+    if ou_mode not in OU_MODES:
+        raise InvalidInput(
+            f"ouMode must be one of {', '.join(OU_MODES)}, got {ou_mode!r}.", field="ouMode"
+        )
+    if to.is_empty():
+        raise Conflict("No recipients selected.", field="recipients")
+    return _resolve(session, to)
+
+
 def send_message(
     session: Session,
     sender: User,
@@ -371,13 +430,7 @@ def send_message(
     """
     subject = clean_subject(subject)
     text = clean_text(text)
-    if ou_mode not in OU_MODES:
-        raise InvalidInput(
-            f"ouMode must be one of {', '.join(OU_MODES)}, got {ou_mode!r}.", field="ouMode"
-        )
-    if to.is_empty():
-        raise Conflict("No recipients selected.", field="recipients")
-    targets = _resolve(session, to)
+    targets = _clean_targets(session, to, ou_mode)
 
     now = utcnow()
     conv = Conversation(
@@ -397,37 +450,9 @@ def send_message(
     )
     session.add(conv)
     session.flush()
-    delivery = Delivery(
-        conversation_id=conv.id,
-        kind=DeliveryKind.SEND.value,
-        state=DeliveryState.QUEUED.value,
-        actor_id=sender.id,
-        include_descendants=ou_mode == "DESCENDANTS",
-        created_at=now,
-        touched_at=now,
-    )
-    session.add(delivery)
-    session.flush()
-    session.add_all(
-        DeliveryTarget(delivery_id=delivery.id, kind=kind.value, target_id=target_id)
-        for kind, ids in targets.items()
-        for target_id in ids
-    )
-    session.flush()
+    delivery = _record_targets(session, sender, conv, targets, ou_mode == "DESCENDANTS", now)
 
-    if (targets[TargetKind.ORG_UNIT] or targets[TargetKind.ORG_UNIT_GROUP]) and not (
-        sender.is_admin or sender.is_broadcaster
-    ):
-        own_paths = [ou.path for ou in sender.org_units]
-        outside = session.scalars(
-            rcpt.units_outside(rcpt.target_org_units(delivery.id), own_paths).limit(5)
-        ).all()
-        if outside:
-            raise Forbidden(
-                "You may only send to organisation units within your own assigned units; not "
-                f"within them: {', '.join(sorted(outside))}",
-                field="organisationUnits",
-            )
+    _check_sending_rights(session, sender, delivery, targets)
 
     limit = max(1_000, announcement_threshold * 20)
     distinct, routes = session.execute(
@@ -488,6 +513,30 @@ def direct_conversation(
     conv.participant_count = 1 + len(others)
     session.flush()
     return conv
+
+
+def add_recipients(
+    session: Session, user: User, uid: str, to: Recipients, *, ou_mode: object = "SELECTED"
+) -> Delivery:
+    """Add users, groups and organisation units to a private conversation the caller is part of.
+
+    The new recipients are written by the workers like a send (the caller commits, then
+    publishes `delivery.plan` for the returned delivery); people already in it are left as they
+    are. Sending rights apply as for a new message. An announcement takes new recipients from
+    its sender only; feedback, system messages and private threads take none."""
+    conv, _acc = get_visible(session, user, uid)
+    if conv.message_type != MessageType.PRIVATE.value or conv.parent_id is not None:
+        raise Conflict(
+            "Recipients can be added to private messages only (not to feedback, system "
+            "messages or private replies to an announcement).",
+            field="id",
+        )
+    if conv.is_announcement and conv.created_by_id != user.id:
+        raise Forbidden("Only the sender adds recipients to an announcement.", field="id")
+    targets = _clean_targets(session, to, ou_mode)
+    delivery = _record_targets(session, user, conv, targets, ou_mode == "DESCENDANTS", utcnow())
+    _check_sending_rights(session, user, delivery, targets)
+    return delivery
 
 
 # ---------------------------------------------------------------------------------------------
@@ -961,6 +1010,23 @@ def list_conversations(
         for r in rows
     ]
     return Page(items=items, total=int(total or 0), page=page, page_size=page_size)
+
+
+def messages_of(
+    session: Session, user: User, conversations: Sequence[Conversation]
+) -> dict[int, list[Message]]:
+    """The messages of conversations already listed for `user`, oldest first, in one statement;
+    internal replies for feedback handlers only."""
+    ids = [c.id for c in conversations]
+    if not ids:
+        return {}
+    q = select(Message).where(Message.conversation_id.in_(ids))
+    if not is_handler(session, user.id):
+        q = q.where(Message.internal.is_(False))
+    out: dict[int, list[Message]] = {i: [] for i in ids}
+    for m in session.scalars(q.order_by(Message.conversation_id, Message.id)):
+        out[m.conversation_id].append(m)
+    return out
 
 
 def view_conversation(session: Session, user: User, uid: str) -> View:

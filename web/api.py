@@ -19,6 +19,7 @@ from service import messaging as msg
 from service.delivery import progress
 from service.errors import Forbidden, InvalidInput, NotFound
 from service.models import (
+    MessageType,
     OrgUnit,
     OrgUnitGroup,
     Priority,
@@ -121,6 +122,15 @@ def _id_list(data: dict[str, Any], key: str) -> list[str]:
     return out
 
 
+def _recipients(data: dict[str, Any]) -> msg.Recipients:
+    return msg.Recipients(
+        users=_id_list(data, "users"),
+        user_groups=_id_list(data, "userGroups"),
+        org_units=_id_list(data, "organisationUnits"),
+        org_unit_groups=_id_list(data, "organisationUnitGroups"),
+    )
+
+
 def _ids_array() -> list[str]:
     data = _json_body()
     if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
@@ -153,45 +163,115 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+# DHIS2's `filter=field:op:value` on the conversation list: API field -> service field.
 FILTER_FIELDS = {
     "messageType": "message_type",
     "status": "status",
     "priority": "priority",
     "read": "read",
     "followUp": "followup",
-    "assignee.id": "assignee_uid",
+    "assignee.id": "assignee",
+    "assignee": "assignee",
 }
+FILTER_OPS = {"eq", "ne", "!eq", "in", "!in", "null", "!null"}
 ENUMS = {
-    "message_type": {"PRIVATE", "TICKET", "SYSTEM"},
+    "message_type": {t.value for t in MessageType},
     "status": {s.value for s in Status},
     "priority": {p.value for p in Priority},
 }
+# DHIS2's `order=property:direction`: API property -> service key.
+ORDER_FIELDS = {
+    "lastMessage": "last_message",
+    "lastUpdated": "last_message",
+    "created": "created",
+    "subject": "subject",
+    "displayName": "subject",
+    "name": "subject",
+    "messageCount": "message_count",
+    "status": "status",
+    "priority": "priority",
+    "read": "read",
+    "followUp": "followup",
+}
+ORDER_DIRECTIONS = {"asc": False, "iasc": False, "desc": True, "idesc": True}
+QUERY_OPERATORS = {"token": False, "ilike": True, "like": True}
+
+
+def _filter_value(api_field: str, key: str, raw: str) -> object:
+    if key in ("read", "followup"):
+        if raw.lower() not in ("true", "false"):
+            raise InvalidInput(f"filter {api_field} must be true or false, got {raw!r}.", "filter")
+        return raw.lower() == "true"
+    if key in ENUMS:
+        if raw.upper() not in ENUMS[key]:
+            raise InvalidInput(
+                f"filter {api_field} must be one of {', '.join(sorted(ENUMS[key]))}, got {raw!r}.",
+                field="filter",
+            )
+        return raw.upper()
+    return raw
+
+
+def _condition(raw: str) -> msg.Condition:
+    """One DHIS2 filter: `status:eq:OPEN`, `priority:in:[HIGH,MEDIUM]`, `assignee.id:null`."""
+    parts = raw.split(":", 2)
+    api_field = parts[0]
+    if api_field not in FILTER_FIELDS:
+        raise InvalidInput(
+            f"Unknown filter field {api_field!r}; supported: {', '.join(FILTER_FIELDS)}.",
+            field="filter",
+        )
+    if len(parts) < 2 or parts[1] not in FILTER_OPS:
+        op = parts[1] if len(parts) > 1 else ""
+        raise InvalidInput(
+            f"Unknown filter operator {op!r} in {raw!r}; supported: "
+            f"{', '.join(sorted(FILTER_OPS))}.",
+            field="filter",
+        )
+    key, op = FILTER_FIELDS[api_field], parts[1]
+    if op == "!eq":
+        op = "ne"
+    if op in ("null", "!null"):
+        if len(parts) == 3 and parts[2]:
+            raise InvalidInput(f"Operator {op} takes no value: {raw!r}.", field="filter")
+        return msg.Condition(key, op)
+    if len(parts) != 3 or not parts[2]:
+        raise InvalidInput(f"Filter {raw!r} needs a value.", field="filter")
+    value = parts[2]
+    if op in ("in", "!in"):
+        items = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+        words = [v.strip() for v in items.split(",")]
+        if not all(words):
+            raise InvalidInput(f"Filter {raw!r} has an empty value.", field="filter")
+        return msg.Condition(key, op, tuple(_filter_value(api_field, key, w) for w in words))
+    return msg.Condition(key, op, (_filter_value(api_field, key, value),))
+
+
+def _order() -> tuple[tuple[str, bool], ...]:
+    out = []
+    for raw in request.args.getlist("order"):
+        for item in filter(None, (x.strip() for x in raw.split(","))):
+            name, _, direction = item.partition(":")
+            if name not in ORDER_FIELDS:
+                raise InvalidInput(
+                    f"Cannot order by {name!r}; supported: {', '.join(ORDER_FIELDS)}.",
+                    field="order",
+                )
+            direction = direction.lower() or "asc"
+            if direction not in ORDER_DIRECTIONS:
+                raise InvalidInput(
+                    f"Order direction must be asc or desc, got {direction!r}.", field="order"
+                )
+            out.append((ORDER_FIELDS[name], ORDER_DIRECTIONS[direction]))
+    return tuple(out)
 
 
 def _filters() -> msg.ListFilters:
-    values: dict[str, Any] = {}
-    for raw in request.args.getlist("filter"):
-        parts = raw.split(":", 2)
-        if len(parts) != 3 or parts[0] not in FILTER_FIELDS or parts[1] != "eq":
-            raise InvalidInput(
-                f"Unsupported filter {raw!r}: use field:eq:value with field one of "
-                f"{', '.join(FILTER_FIELDS)}.",
-                field="filter",
-            )
-        key, value = FILTER_FIELDS[parts[0]], parts[2]
-        if key in ("read", "followup"):
-            if value.lower() not in ("true", "false"):
-                raise InvalidInput(f"{parts[0]} filter must be true or false.", field="filter")
-            values[key] = value.lower() == "true"
-        elif key in ENUMS:
-            if value.upper() not in ENUMS[key]:
-                raise InvalidInput(
-                    f"{parts[0]} must be one of {', '.join(sorted(ENUMS[key]))}.", field="filter"
-                )
-            values[key] = value.upper()
-        else:
-            values[key] = value
-    # Convenience parameters (also used by the pages).
+    junction = request.args.get("rootJunction", "AND").upper()
+    if junction != "AND":
+        raise InvalidInput("Only rootJunction=AND is supported.", field="rootJunction")
+    conditions = [_condition(raw) for raw in request.args.getlist("filter")]
+    # Convenience parameters (as the pages use them).
     for arg, key in (
         ("messageType", "message_type"),
         ("status", "status"),
@@ -203,13 +283,28 @@ def _filters() -> msg.ListFilters:
                 raise InvalidInput(
                     f"{arg} must be one of {', '.join(sorted(ENUMS[key]))}.", field=arg
                 )
-            values[key] = value
+            conditions.append(msg.Condition(key, "eq", (value,)))
     query = request.args.get("queryString")
-    if query is not None:
-        if len(query) > 200:
-            raise InvalidInput("queryString must be at most 200 characters.", field="queryString")
-        values["query"] = query or None
-    return msg.ListFilters(**values)
+    if query is not None and len(query) > 200:
+        raise InvalidInput("queryString must be at most 200 characters.", field="queryString")
+    operator = request.args.get("queryOperator", "token").lower()
+    if operator not in QUERY_OPERATORS:
+        raise InvalidInput(
+            f"queryOperator must be one of {', '.join(QUERY_OPERATORS)}, got {operator!r}.",
+            field="queryOperator",
+        )
+    return msg.ListFilters(
+        conditions=tuple(conditions),
+        query=query or None,
+        query_phrase=QUERY_OPERATORS[operator],
+        assigned_to_me=_bool_arg("assignedToMe") or False,
+        order=_order(),
+    )
+
+
+def _fields() -> ser.FieldSpec | None:
+    raw = request.args.getlist("fields")
+    return ser.parse_fields(",".join(raw)) if raw else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,12 +372,7 @@ def create_conversation() -> Response:
     discussion = data.get("discussion")
     if discussion is not None and not isinstance(discussion, bool):
         raise InvalidInput("discussion must be true or false.", field="discussion")
-    to = msg.Recipients(
-        users=_id_list(data, "users"),
-        user_groups=_id_list(data, "userGroups"),
-        org_units=_id_list(data, "organisationUnits"),
-        org_unit_groups=_id_list(data, "organisationUnitGroups"),
-    )
+    to = _recipients(data)
     session = db()
     sent = msg.send_message(
         session,
@@ -336,7 +426,18 @@ def list_conversations() -> Response:
     else:
         page = _int_arg("page", 1, 1, 1_000_000)
         page_size = _int_arg("pageSize", 50, 1, MAX_PAGE_SIZE)
-    result = msg.list_conversations(db(), user, page=page, page_size=page_size, filters=_filters())
+    filters, fields = _filters(), _fields()
+    session = db()
+    result = msg.list_conversations(session, user, page=page, page_size=page_size, filters=filters)
+    if paging is False and result.total > len(result.items):
+        raise InvalidInput(
+            f"{result.total} conversations match; paging=false returns at most {MAX_UNPAGED}. "
+            "Use page and pageSize.",
+            field="paging",
+        )
+    messages: dict[int, list[Any]] = {}
+    if fields is not None and fields.wants("messages"):
+        messages = msg.messages_of(session, user, [s.conversation for s in result.items])
     body: dict[str, Any] = {}
     if paging is not False:
         body["pager"] = {
@@ -345,16 +446,23 @@ def list_conversations() -> Response:
             "total": result.total,
             "pageSize": result.page_size,
         }
-    body["messageConversations"] = [ser.summary(s) for s in result.items]
+    body["messageConversations"] = [
+        ser.select(ser.listed(s, messages.get(s.conversation.id)), fields) for s in result.items
+    ]
     return jsonify(body)
 
 
 @route("/messageConversations/<uid>", methods=["GET"])
 def get_conversation(uid: str) -> Response:
     user = me()
-    view = msg.view_conversation(db(), user, uid)
+    session = db()
+    if _bool_arg("markRead"):
+        msg.mark_read(session, user, [uid])
+        session.commit()
+    view = msg.view_conversation(session, user, uid)
     sender_or_admin = user.is_admin or view.summary.conversation.created_by_id == user.id
-    return jsonify(ser.conversation(view, include_delivery=sender_or_admin))
+    body = ser.conversation(view, include_delivery=sender_or_admin)
+    return jsonify(ser.select(body, _fields()))
 
 
 @route("/messageConversations/<uid>", methods=["POST"])
@@ -395,9 +503,9 @@ def _handling(fn: Callable[..., Any], uid: str, value: Any, key: str) -> Respons
     session = db()
     conv = fn(session, me(), uid, value)
     session.commit()
-    return jsonify(
-        web_message(200, f"Message conversation {key} updated", **{key: getattr(conv, key)})
-    )
+    new_value = getattr(conv, key)
+    # DHIS2 answers {"<NEW VALUE>": ["<conversation id>"]}; the named field is ours.
+    return jsonify({new_value: [conv.uid], key: new_value, "id": conv.uid})
 
 
 @route("/messageConversations/<uid>/status", methods=["POST"])
@@ -420,8 +528,11 @@ def assign(uid: str) -> Response:
     session = db()
     conv = fb.set_assignee(session, me(), uid, assignee)
     session.commit()
+    name = conv.assignee.display_name if conv.assignee else assignee
     return jsonify(
-        web_message(200, "Message conversation assigned", assignee=ser.user_ref(conv.assignee))
+        web_message(
+            200, f"User {name} was assigned successfully", assignee=ser.user_ref(conv.assignee)
+        )
     )
 
 
@@ -430,13 +541,23 @@ def unassign(uid: str) -> Response:
     session = db()
     fb.set_assignee(session, me(), uid, None)
     session.commit()
-    return jsonify(web_message(200, "Message conversation unassigned"))
+    return jsonify(web_message(200, "Message is no longer assigned to user"))
+
+
+def _own_inbox(user: User, user_uid: str | None) -> None:
+    """DHIS2's `user`/`userUid` parameters act for another user; here only for oneself."""
+    if user_uid is not None and user_uid != user.uid:
+        raise Forbidden(f"Not authorized to modify user: {user_uid}", field="user")
 
 
 def _flags(fn: Callable[..., list[str]], key: str, **kwargs: Any) -> Response:
+    user = me()
+    _own_inbox(user, request.args.get("user"))
     ids = _ids_array()
     session = db()
-    done = fn(session, me(), ids, **kwargs)
+    done = fn(session, user, ids, **kwargs)
+    if ids and not done:
+        raise NotFound("No MessageConversations found for the given IDs.", field="ids")
     session.commit()
     return jsonify({key: done})
 
@@ -451,6 +572,26 @@ def mark_unread() -> Response:
     return _flags(msg.mark_read, "markedUnread", read=False)
 
 
+def _one_flag(uid: str, fn: Callable[..., list[str]], key: str, **kwargs: Any) -> Response:
+    user = me()
+    _own_inbox(user, request.args.get("userUid"))
+    session = db()
+    msg.get_visible(session, user, uid)
+    done = fn(session, user, [uid], **kwargs)
+    session.commit()
+    return jsonify({key: done})
+
+
+@route("/messageConversations/<uid>/read", methods=["POST"])
+def mark_one_read(uid: str) -> Response:
+    return _one_flag(uid, msg.mark_read, "markedRead", read=True)
+
+
+@route("/messageConversations/<uid>/unread", methods=["POST"])
+def mark_one_unread(uid: str) -> Response:
+    return _one_flag(uid, msg.mark_read, "markedUnread", read=False)
+
+
 @route("/messageConversations/followup", methods=["POST"])
 def followup() -> Response:
     return _flags(msg.set_followup, "markedFollowup", on=True)
@@ -459,6 +600,25 @@ def followup() -> Response:
 @route("/messageConversations/unfollowup", methods=["POST"])
 def unfollowup() -> Response:
     return _flags(msg.set_followup, "unmarkedFollowup", on=False)
+
+
+@route("/messageConversations/<uid>/recipients", methods=["POST"])
+def add_recipients(uid: str) -> Response:
+    data = _json_body()
+    if not isinstance(data, dict):
+        raise InvalidInput("The body must be a JSON object.", field="body")
+    to = _recipients(data)
+    session = db()
+    delivery = msg.add_recipients(session, me(), uid, to, ou_mode=data.get("ouMode", "SELECTED"))
+    session.commit()
+    _publish("delivery.plan", delivery.id)
+    ref = {
+        "id": delivery.uid,
+        "href": url_for("api.get_delivery_by_id", uid=delivery.uid, _external=True),
+    }
+    resp = jsonify(web_message(202, "Recipients are being added", id=uid, delivery=ref))
+    resp.status_code = 202
+    return resp
 
 
 @route("/messageConversations/<uid>", methods=["DELETE"])
@@ -473,20 +633,21 @@ def remove(uid: str) -> Response:
 
 @route("/messageConversations/<uid>/<user_uid>", methods=["DELETE"])
 def remove_for_user(uid: str, user_uid: str) -> Response:
-    user = me()
-    if user_uid != user.uid:
-        # Only the caller's own inbox can be changed; others' copies answer as absent.
-        raise NotFound(f"User does not exist in this conversation: {user_uid}", field="userId")
+    _own_inbox(me(), user_uid)
     return remove(uid)
 
 
 @route("/messageConversations", methods=["DELETE"])
 def remove_many() -> Response:
+    user = me()
+    _own_inbox(user, request.args.get("user"))
     ids = request.args.getlist("mc")
     if not ids:
         raise InvalidInput("Give the conversations to remove as ?mc=id&mc=id.", field="mc")
     session = db()
-    done = msg.remove_from_inbox(session, me(), ids)
+    done = msg.remove_from_inbox(session, user, ids)
+    if not done:
+        raise NotFound("No MessageConversations found for the given UIDs.", field="mc")
     session.commit()
     return jsonify({"removed": done})
 

@@ -216,10 +216,14 @@ def test_reply_read_unread_and_strangers(client, db, people) -> None:
     ]:
         assert getattr(client, method)(url, headers=a["stranger"], **kw).status_code == 404
     r = client.post("/api/messageConversations/read", json=[uid], headers=a["stranger"])
-    assert r.json == {"markedRead": []}
-    # Nobody removes another user's copy.
+    assert r.status_code == 404 and r.json["message"].startswith("No MessageConversations found")
+    # Nobody removes another user's copy, or marks it.
     r = client.delete(f"/api/messageConversations/{uid}/{people['nurse'].uid}", headers=a["clerk"])
-    assert r.status_code == 404
+    assert r.status_code == 403
+    r = client.post(
+        f"/api/messageConversations/read?user={people['nurse'].uid}", json=[uid], headers=a["clerk"]
+    )
+    assert r.status_code == 403
     r = client.delete(f"/api/messageConversations/{uid}/{people['clerk'].uid}", headers=a["clerk"])
     assert r.status_code == 200 and r.json == {"removed": [uid]}
     assert client.get("/api/messageConversations", headers=a["clerk"]).json["pager"]["total"] == 0
@@ -354,3 +358,315 @@ def test_user_lookup_searches_server_side(client, people) -> None:
     r = client.get("/api/userLookup?query=sesay", headers=people["auth"]["clerk"])
     assert [u["id"] for u in r.json["users"]] == [people["nurse"].uid]
     assert client.get("/api/userLookup?query=a", headers=people["auth"]["clerk"]).status_code == 400
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing: DHIS2 filters, search, order, fields, paging
+
+
+@pytest.fixture
+def inbox(client, db, people):
+    """The handler's inbox: two private messages and three feedback tickets in various states."""
+    a = people["auth"]
+    uids = {}
+    for name, subject in (("m1", "Malaria stock"), ("m2", "Reporting deadline")):
+        r = client.post(
+            "/api/messageConversations",
+            json={
+                "subject": subject,
+                "text": f"{subject} text",
+                "users": [{"id": people["handler"].uid}],
+            },
+            headers=a["nurse"],
+        )
+        uids[name] = r.json["id"]
+        deliver(db, db.scalar(select(Delivery.id).where(Delivery.uid == r.json["delivery"]["id"])))
+    for name, subject in (("t1", "Cold chain"), ("t2", "Zinc supply"), ("t3", "Broken scale")):
+        r = client.post(
+            f"/api/messageConversations/feedback?subject={subject}",
+            data=f"{subject} details",
+            content_type="text/plain",
+            headers=a["clerk"],
+        )
+        uids[name] = r.json["id"]
+    h = a["handler"]
+    client.post(
+        f"/api/messageConversations/{uids['t2']}/status?messageConversationStatus=PENDING",
+        headers=h,
+    )
+    client.post(
+        f"/api/messageConversations/{uids['t2']}/priority?messageConversationPriority=HIGH",
+        headers=h,
+    )
+    client.post(
+        f"/api/messageConversations/{uids['t3']}/priority?messageConversationPriority=MEDIUM",
+        headers=h,
+    )
+    r = client.post(
+        f"/api/messageConversations/{uids['t2']}/assign?userId={people['handler'].uid}", headers=h
+    )
+    assert r.status_code == 200, r.json
+    r = client.post(
+        f"/api/messageConversations/{uids['t1']}?internal=true",
+        data="secret budget line",
+        content_type="text/plain",
+        headers=h,
+    )
+    assert r.status_code == 201
+    return uids
+
+
+def _ids(r) -> list[str]:
+    assert r.status_code == 200, r.json
+    return [c["id"] for c in r.json["messageConversations"]]
+
+
+LIST_CASES = [
+    ("filter=messageType:eq:TICKET", {"t1", "t2", "t3"}),
+    ("filter=messageType:eq:TICKET&filter=status:eq:OPEN", {"t1", "t3"}),
+    ("filter=priority:in:[HIGH,MEDIUM]", {"t2", "t3"}),
+    ("filter=messageType:!eq:TICKET", {"m1", "m2"}),
+    ("filter=status:!in:[NONE,OPEN]", {"t2"}),
+    ("filter=assignee.id:eq:{handler}", {"t2"}),
+    ("filter=assignee.id:null&filter=messageType:eq:TICKET", {"t1", "t3"}),
+    ("filter=assignee.id:!null", {"t2"}),
+    ("assignedToMe=true", {"t2"}),
+    ("filter=read:eq:true", {"t1"}),
+    ("filter=read:eq:false&filter=messageType:eq:PRIVATE", {"m1", "m2"}),
+    ("filter=followUp:eq:false", {"m1", "m2", "t1", "t2", "t3"}),
+    ("queryString=zinc", {"t2"}),
+    ("queryString=secret", {"t1"}),
+    ("queryString=details+chain", {"t1"}),
+    ("queryString=details+chain&queryOperator=ilike", set()),
+    ("queryString=chain+details&queryOperator=ilike", {"t1"}),
+    ("queryString=Sesay", {"m1", "m2"}),  # the nurse's name
+]
+
+
+def test_list_filters_as_dhis2(client, people, inbox) -> None:
+    for query, expected in LIST_CASES:
+        query = query.replace("{handler}", people["handler"].uid)
+        r = client.get(f"/api/messageConversations?{query}", headers=people["auth"]["handler"])
+        assert set(_ids(r)) == {inbox[k] for k in expected}, query
+        assert r.json["pager"]["total"] == len(expected), query
+
+
+def test_feedback_writer_cannot_find_internal_text_or_assignee(client, people, inbox) -> None:
+    h = people["auth"]["clerk"]
+    assert _ids(client.get("/api/messageConversations?queryString=secret", headers=h)) == []
+    r = client.get(
+        f"/api/messageConversations?filter=assignee.id:eq:{people['handler'].uid}", headers=h
+    )
+    assert _ids(r) == []
+    r = client.get("/api/messageConversations?fields=id,assignee,messages[text]", headers=h)
+    for conv in r.json["messageConversations"]:
+        assert conv.get("assignee") is None
+        assert "secret budget line" not in [m["text"] for m in conv["messages"]]
+    r = client.get(f"/api/messageConversations/{inbox['t1']}?fields=*", headers=h)
+    assert [m["text"] for m in r.json["messages"]] == ["Cold chain details"]
+    assert r.json["lastSender"]["id"] == people["clerk"].uid and r.json["messageCount"] == 1
+
+
+def test_order_paging_and_totals(client, people, inbox) -> None:
+    h = people["auth"]["handler"]
+    r = client.get("/api/messageConversations?order=subject:asc&fields=subject", headers=h)
+    subjects = [c["subject"] for c in r.json["messageConversations"]]
+    assert subjects == sorted(subjects, key=str.lower)
+    assert r.json["messageConversations"][0] == {"subject": "Broken scale"}
+    r = client.get("/api/messageConversations?order=subject:desc", headers=h)
+    assert _ids(r)[0] == inbox["t2"]
+    r = client.get(
+        "/api/messageConversations?filter=messageType:eq:TICKET&order=priority:desc", headers=h
+    )
+    assert _ids(r) == [inbox["t2"], inbox["t3"], inbox["t1"]]
+    newest = _ids(client.get("/api/messageConversations", headers=h))
+    oldest = _ids(client.get("/api/messageConversations?order=lastMessage:asc", headers=h))
+    assert oldest == list(reversed(newest))
+    seen = []
+    for page in (1, 2, 3):
+        r = client.get(f"/api/messageConversations?page={page}&pageSize=2", headers=h)
+        assert r.json["pager"] == {"page": page, "pageCount": 3, "total": 5, "pageSize": 2}
+        seen += _ids(r)
+    assert seen == newest
+    r = client.get("/api/messageConversations?paging=false&filter=priority:eq:HIGH", headers=h)
+    assert "pager" not in r.json and _ids(r) == [inbox["t2"]]
+
+
+def test_fields_selection_nested(client, people, inbox) -> None:
+    h = people["auth"]["handler"]
+    r = client.get(
+        "/api/messageConversations?filter=messageType:eq:TICKET&order=subject:asc"
+        "&fields=id,subject,lastSender[id],messages[text,sender[id,displayName]]",
+        headers=h,
+    )
+    first = r.json["messageConversations"][0]
+    assert set(first) == {"id", "subject", "lastSender", "messages"}
+    assert first["lastSender"] == {"id": people["clerk"].uid}
+    assert first["messages"] == [
+        {
+            "text": "Broken scale details",
+            "sender": {"id": people["clerk"].uid, "displayName": "clerk1"},
+        }
+    ]
+    # Handlers see internal replies through fields too.
+    r = client.get(
+        f"/api/messageConversations/{inbox['t1']}?fields=messages[text,internal],!read",
+        headers=h,
+    )
+    assert r.json == {
+        "messages": [
+            {"text": "Cold chain details", "internal": False},
+            {"text": "secret budget line", "internal": True},
+        ]
+    }
+    r = client.get(f"/api/messageConversations/{inbox['t1']}.json?fields=*,!messages", headers=h)
+    assert "messages" not in r.json and r.json["id"] == inbox["t1"]
+    assert (
+        client.get("/api/messageConversations?fields=id,messages[text", headers=h).status_code
+        == 400
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ("filter=subject:eq:x", "'subject'"),
+        ("filter=status:like:OPEN", "'like'"),
+        ("filter=status", "operator"),
+        ("filter=status:eq:CLOSED", "status"),
+        ("filter=read:eq:maybe", "read"),
+        ("filter=priority:in:[HIGH,]", "empty"),
+        ("filter=assignee.id:null:x", "no value"),
+        ("order=sender:asc", "'sender'"),
+        ("order=subject:sideways", "direction"),
+        ("queryOperator=regex&queryString=x", "queryOperator"),
+        ("rootJunction=OR", "rootJunction"),
+    ],
+)
+def test_bad_list_parameters_are_400_naming_them(client, people, query, needle) -> None:
+    r = client.get(f"/api/messageConversations?{query}", headers=people["auth"]["nurse"])
+    assert r.status_code == 400, r.json
+    assert needle in r.json["message"] and r.json["status"] == "ERROR"
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions
+
+
+def test_triage_answers_in_dhis2_shapes(client, people, inbox) -> None:
+    h = people["auth"]["handler"]
+    t1 = inbox["t1"]
+    r = client.post(
+        f"/api/messageConversations/{t1}/status?messageConversationStatus=SOLVED", headers=h
+    )
+    assert r.status_code == 200 and r.json["SOLVED"] == [t1]
+    r = client.post(
+        f"/api/messageConversations/{t1}/priority?messageConversationPriority=LOW", headers=h
+    )
+    assert r.json["LOW"] == [t1]
+    r = client.post(
+        f"/api/messageConversations/{t1}/assign?userId={people['nurse'].uid}", headers=h
+    )
+    assert r.status_code == 409 and "feedback recipients" in r.json["message"]
+    r = client.post(f"/api/messageConversations/{t1}/assign?userId=nosuchuser1", headers=h)
+    assert r.status_code == 404
+    r = client.post(
+        f"/api/messageConversations/{t1}/assign?userId={people['admin'].uid}", headers=h
+    )
+    assert r.status_code == 200 and r.json["message"].endswith("was assigned successfully")
+    r = client.delete(f"/api/messageConversations/{t1}/assign", headers=h)
+    assert r.json["message"] == "Message is no longer assigned to user"
+    # The feedback writer may not triage, nor assign.
+    r = client.post(
+        f"/api/messageConversations/{t1}/assign?userId={people['admin'].uid}",
+        headers=people["auth"]["clerk"],
+    )
+    assert r.status_code == 403
+
+
+def test_followup_read_unread_and_remove_for_the_caller_only(client, people, inbox) -> None:
+    h = people["auth"]["handler"]
+    m1, m2 = inbox["m1"], inbox["m2"]
+    r = client.post("/api/messageConversations/followup", json=[m1, "nosuchconv1"], headers=h)
+    assert r.json == {"markedFollowup": [m1]}
+    assert _ids(client.get("/api/messageConversations?filter=followUp:eq:true", headers=h)) == [m1]
+    r = client.post("/api/messageConversations/unfollowup", json=[m1], headers=h)
+    assert r.json == {"unmarkedFollowup": [m1]}
+    r = client.post(f"/api/messageConversations/{m1}/read", headers=h)
+    assert r.json == {"markedRead": [m1]}
+    r = client.post(f"/api/messageConversations/{m1}/unread", headers=h)
+    assert r.json == {"markedUnread": [m1]}
+    r = client.get(f"/api/messageConversations/{m1}?markRead=true&fields=read", headers=h)
+    assert r.json == {"read": True}
+    # The nurse wrote m1: her copy is untouched by the handler's changes.
+    nurse = people["auth"]["nurse"]
+    assert client.get(f"/api/messageConversations/{m1}", headers=nurse).json["followUp"] is False
+    r = client.delete(f"/api/messageConversations?mc={m1}&mc={m2}&mc=nosuchconv1", headers=h)
+    assert r.status_code == 200 and sorted(r.json["removed"]) == sorted([m1, m2])
+    r = client.delete(f"/api/messageConversations?mc={m1}", headers=nurse)
+    assert r.json == {"removed": [m1]}
+    r = client.delete(
+        f"/api/messageConversations?mc={m2}&user={people['handler'].uid}", headers=nurse
+    )
+    assert r.status_code == 403
+    r = client.delete("/api/messageConversations?mc=nosuchconv1", headers=nurse)
+    assert r.status_code == 404
+    assert (
+        _ids(client.get("/api/messageConversations?filter=messageType:eq:PRIVATE", headers=h)) == []
+    )
+
+
+def test_add_recipients_goes_through_a_delivery(client, db, people, publisher) -> None:
+    a = people["auth"]
+    r = client.post(
+        "/api/messageConversations",
+        json={"subject": "Stock", "text": "Count it", "users": [{"id": people["clerk"].uid}]},
+        headers=a["nurse"],
+    )
+    uid = r.json["id"]
+    deliver(db, db.scalar(select(Delivery.id).where(Delivery.uid == r.json["delivery"]["id"])))
+    publisher.sent.clear()
+    # A stranger cannot add people to a conversation they are not in.
+    body = {"users": [{"id": people["stranger"].uid}]}
+    r = client.post(f"/api/messageConversations/{uid}/recipients", json=body, headers=a["stranger"])
+    assert r.status_code == 404 and publisher.sent == []
+    r = client.post(
+        f"/api/messageConversations/{uid}/recipients", json={"users": []}, headers=a["clerk"]
+    )
+    assert r.status_code == 409 and r.json["message"] == "No recipients selected."
+    r = client.post(
+        f"/api/messageConversations/{uid}/recipients",
+        json={"users": [{"id": "nosuchuser1"}]},
+        headers=a["clerk"],
+    )
+    assert r.status_code == 409
+    r = client.post(
+        f"/api/messageConversations/{uid}/recipients",
+        json={"organisationUnits": [{"id": people["country"].uid}]},
+        headers=a["clerk"],
+    )
+    assert r.status_code == 403  # outside the clerk's own units
+    r = client.post(f"/api/messageConversations/{uid}/recipients", json=body, headers=a["clerk"])
+    assert r.status_code == 202, r.json
+    delivery_id = db.scalar(select(Delivery.id).where(Delivery.uid == r.json["delivery"]["id"]))
+    assert publisher.sent == [("delivery.plan", (delivery_id,))]
+    # Nothing reached the new recipient before the workers ran.
+    assert client.get(f"/api/messageConversations/{uid}", headers=a["stranger"]).status_code == 404
+    deliver(db, delivery_id)
+    r = client.get(f"/api/messageConversations/{uid}", headers=a["stranger"])
+    assert r.status_code == 200 and r.json["read"] is False
+    assert (
+        client.get(f"/api/messageConversations/{uid}", headers=a["nurse"]).json["participantCount"]
+        == 3
+    )
+    # Feedback takes no extra recipients.
+    r = client.post(
+        "/api/messageConversations/feedback?subject=S",
+        data="T",
+        content_type="text/plain",
+        headers=a["clerk"],
+    )
+    r = client.post(
+        f"/api/messageConversations/{r.json['id']}/recipients", json=body, headers=a["clerk"]
+    )
+    assert r.status_code == 409
