@@ -346,3 +346,20 @@ class DeliveryBatch(Base):
             sqlite_where=text("state = 'PENDING'"),
         ),
     )
+
+
+class ApiToken(Base):
+    """A personal access token (DHIS2's `d2pat_…`). Only a SHA-256 hash of the key is kept; the
+    key itself is shown once, when the token is made."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(String(11), unique=True, default=new_uid)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(230))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    user: Mapped[User] = relationship()

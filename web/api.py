@@ -7,6 +7,7 @@ Routes also answer with DHIS2's `.json` suffix, as DHIS2 clients ask for it.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -14,11 +15,13 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, or_, select
 
+from service import api_tokens
 from service import feedback as fb
 from service import messaging as msg
 from service.delivery import progress
 from service.errors import Forbidden, InvalidInput, NotFound
 from service.models import (
+    ApiToken,
     MessageType,
     OrgUnit,
     OrgUnitGroup,
@@ -44,10 +47,14 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 @bp.before_request
 def _require_caller() -> Response | None:
     if not current_user.is_authenticated:
-        return json_error(401, "Authentication required: use HTTP Basic auth or sign in.")
-    # Session-authenticated writes need the CSRF token (header X-CSRFToken); Basic auth
+        return json_error(
+            401,
+            g.get("auth_error")
+            or "Authentication required: use HTTP Basic auth, an API token or sign in.",
+        )
+    # Session-authenticated writes need the CSRF token (header X-CSRFToken); Basic auth and token
     # requests carry their credentials explicitly and are not exposed to cross-site forgery.
-    if request.method not in SAFE_METHODS and g.get("auth_method") != "basic":
+    if request.method not in SAFE_METHODS and g.get("auth_method") not in ("basic", "token"):
         csrf.protect()
     return None
 
@@ -650,6 +657,84 @@ def remove_many() -> Response:
         raise NotFound("No MessageConversations found for the given UIDs.", field="mc")
     session.commit()
     return jsonify({"removed": done})
+
+
+# ---------------------------------------------------------------------------------------------
+# Personal access tokens (DHIS2's /api/apiToken)
+
+
+def _token(t: ApiToken) -> dict[str, Any]:
+    return {
+        "id": t.uid,
+        "name": t.name,
+        "displayName": t.name or t.uid,
+        "created": ser.iso(t.created_at),
+        "expire": int(t.expires_at.timestamp() * 1000),
+        "version": 2,
+        "type": "PERSONAL_ACCESS_TOKEN",
+        "user": {"id": t.user.uid},
+    }
+
+
+@route("/apiToken", methods=["POST"])
+def create_api_token() -> Response:
+    if g.get("auth_method") == "token":
+        raise Forbidden("A token cannot make tokens; sign in with a password.", field="apiToken")
+    data = _json_body() if request.data else {}
+    if not isinstance(data, dict):
+        raise InvalidInput("The body must be a JSON object.", field="body")
+    if data.get("attributes"):
+        raise InvalidInput(
+            "Token attributes (IP, method and referrer allow lists) are not supported.",
+            field="attributes",
+        )
+    expire = data.get("expire")
+    expires_at = None
+    if expire is not None:
+        if not isinstance(expire, int) or isinstance(expire, bool):
+            raise InvalidInput("expire must be a time in milliseconds since 1970.", "expire")
+        try:
+            expires_at = dt.datetime.fromtimestamp(expire / 1000, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidInput("expire is out of range.", field="expire") from None
+    session = db()
+    token, key = api_tokens.create(session, me(), expires_at=expires_at, name=data.get("name"))
+    session.commit()
+    body = web_message(
+        201,
+        "Token created; the key is shown only this once.",
+        response={
+            "responseType": "ApiTokenCreationResponse",
+            "uid": token.uid,
+            "key": key,
+            "klass": "org.hisp.dhis.security.apikey.ApiToken",
+            "errorReports": [],
+        },
+    )
+    resp = jsonify(body)
+    resp.status_code = 201
+    resp.headers["Location"] = url_for("api.get_api_token", uid=token.uid, _external=True)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@route("/apiToken", methods=["GET"])
+def list_api_tokens() -> Response:
+    tokens = api_tokens.tokens_of(db(), me())
+    return jsonify({"apiToken": [_token(t) for t in tokens]})
+
+
+@route("/apiToken/<uid>", methods=["GET"])
+def get_api_token(uid: str) -> Response:
+    return jsonify(_token(api_tokens.get(db(), me(), uid)))
+
+
+@route("/apiToken/<uid>", methods=["DELETE"])
+def revoke_api_token(uid: str) -> Response:
+    session = db()
+    api_tokens.revoke(session, me(), uid)
+    session.commit()
+    return jsonify(web_message(200, f"ApiToken {uid} revoked"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Who is calling: session login (pages and API) and HTTP Basic auth (API)."""
+"""Who is calling: session login (pages and API), HTTP Basic auth and DHIS2 personal access tokens
+(`Authorization: ApiToken d2pat_…`, API)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from flask import Flask, Request, g
 from flask_login import LoginManager, UserMixin, current_user
 from sqlalchemy import select
 
+from service import api_tokens
 from service.models import User
 from service.passwords import verify_password
 
@@ -45,6 +47,14 @@ def _load_user(uid: str) -> CurrentUser | None:
 
 @login_manager.request_loader
 def _load_from_request(request: Request) -> CurrentUser | None:
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "apitoken":
+        user = api_tokens.authenticate(_session(), credential.strip())
+        if user is None:
+            g.auth_error = "The API token is invalid, expired or revoked."
+            return None
+        g.auth_method = "token"
+        return CurrentUser(user)
     auth = request.authorization
     if auth is None or auth.type != "basic" or not auth.username or auth.password is None:
         return None

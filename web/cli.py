@@ -7,6 +7,7 @@ status 1, so a failed command never leaves part of its work behind.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,14 +20,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from service import accounts, demo
-from service.db import make_engine
+from service import accounts, api_tokens, demo
+from service.db import make_engine, utcnow
 from service.dhis2_import import import_metadata, load_file
 from service.errors import DomainError
+from service.models import ApiToken
 from service.passwords import check_new_password
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,6 +192,38 @@ def seed_demo_command(data_dir: Path) -> None:
         click.echo(f"  {login.username} / {login.password}: {login.role}, {login.org_unit}")
 
 
+@click.command("create-api-token")
+@with_appcontext
+@click.argument("username")
+@click.option("--days", type=click.IntRange(1, 365), default=30, show_default=True)
+@click.option("--name", help="What the token is for (shown in lists).")
+def create_api_token_command(username: str, days: int, name: str | None) -> None:
+    """Make a personal access token for USERNAME and print its key (shown only this once)."""
+    with _session() as session:
+        user = accounts.get_user_by_username(session, username)
+        if user is None:
+            raise click.ClickException(f"no user named {username}")
+        expires_at = utcnow() + dt.timedelta(days=days)
+        token, key = api_tokens.create(session, user, expires_at=expires_at, name=name)
+        uid = token.uid
+    click.echo(f"token {uid} for {username}, valid {days} days; use the header:", err=True)
+    click.echo(f"Authorization: ApiToken {key}", err=True)
+    click.echo(key)
+
+
+@click.command("revoke-api-token")
+@with_appcontext
+@click.argument("uid")
+def revoke_api_token_command(uid: str) -> None:
+    """Revoke the personal access token UID (see GET /api/apiToken)."""
+    with _session() as session:
+        token = session.scalar(select(ApiToken).where(ApiToken.uid == uid))
+        if token is None:
+            raise click.ClickException(f"no token {uid}")
+        session.delete(token)
+    click.echo(f"token {uid} revoked")
+
+
 def _alembic_config() -> Config:
     url: str = current_app.extensions["settings"].database_url
     cfg = Config(str(ROOT / "alembic.ini"))
@@ -243,6 +278,8 @@ def init_app(app: Flask) -> None:
         create_user_command,
         set_password_command,
         seed_demo_command,
+        create_api_token_command,
+        revoke_api_token_command,
         db_cli,
     ):
         app.cli.add_command(cmd)

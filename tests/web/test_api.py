@@ -670,3 +670,53 @@ def test_add_recipients_goes_through_a_delivery(client, db, people, publisher) -
         f"/api/messageConversations/{r.json['id']}/recipients", json=body, headers=a["clerk"]
     )
     assert r.status_code == 409
+
+
+# ---------------------------------------------------------------------------------------------
+# Personal access tokens
+
+
+def test_api_tokens_create_use_list_and_revoke(client, db, people) -> None:
+    nurse = people["auth"]["nurse"]
+    r = client.post("/api/apiToken", json={"name": "sync"}, headers=nurse)
+    assert r.status_code == 201, r.json
+    assert r.json["response"]["responseType"] == "ApiTokenCreationResponse"
+    key, uid = r.json["response"]["key"], r.json["response"]["uid"]
+    token = {"Authorization": f"ApiToken {key}"}
+    r = client.get("/api/me", headers=token)
+    assert r.status_code == 200 and r.json["id"] == people["nurse"].uid
+    # Writes need no CSRF token with an API token; the token cannot make more tokens.
+    r = client.post(
+        "/api/messageConversations",
+        json={"subject": "S", "text": "T", "users": [{"id": people["clerk"].uid}]},
+        headers=token,
+    )
+    assert r.status_code == 201
+    assert client.post("/api/apiToken", json={}, headers=token).status_code == 403
+    listed = client.get("/api/apiToken", headers=nurse).json["apiToken"]
+    assert [t["id"] for t in listed] == [uid] and "key" not in listed[0]
+    # Others neither see nor revoke it.
+    assert client.get(f"/api/apiToken/{uid}", headers=people["auth"]["clerk"]).status_code == 404
+    assert client.delete(f"/api/apiToken/{uid}", headers=people["auth"]["clerk"]).status_code == 404
+    assert client.delete(f"/api/apiToken/{uid}", headers=nurse).status_code == 200
+    r = client.get("/api/me", headers=token)
+    assert r.status_code == 401 and "token" in r.json["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"expire": 1000}, "expire"),
+        ({"expire": "tomorrow"}, "expire"),
+        ({"expire": 10**20}, "expire"),
+        ({"attributes": [{"type": "IpAllowedList", "allowedIps": ["1.2.3.4"]}]}, "attributes"),
+    ],
+)
+def test_bad_token_requests_are_400(client, people, body, field) -> None:
+    r = client.post("/api/apiToken", json=body, headers=people["auth"]["nurse"])
+    assert r.status_code == 400 and r.json["field"] == field
+
+
+def test_garbage_token_is_401(client, people) -> None:
+    r = client.get("/api/me", headers={"Authorization": "ApiToken d2pat_nonsense"})
+    assert r.status_code == 401

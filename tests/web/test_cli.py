@@ -290,3 +290,19 @@ def test_commands_on_postgresql(tmp_path: Path) -> None:
             assert admin.is_admin and verify_password("district", admin.password_hash)
     finally:
         engine.dispose()
+
+
+def test_create_and_revoke_api_token(app: Flask) -> None:
+    assert run(app, "create-user", "scripter", "--password", "a-long-password").exit_code == 0
+    result = run(app, "create-api-token", "scripter", "--days", "7", "--name", "nightly")
+    assert result.exit_code == 0, result.output
+    key = result.stdout.strip().splitlines()[-1]
+    client = app.test_client()
+    r = client.get("/api/apiToken", headers={"Authorization": f"ApiToken {key}"})
+    assert r.status_code == 200
+    (listed,) = r.json["apiToken"]
+    assert listed["name"] == "nightly"
+    assert run(app, "revoke-api-token", listed["id"]).exit_code == 0
+    r = client.get("/api/me", headers={"Authorization": f"ApiToken {key}"})
+    assert r.status_code == 401
+    assert run(app, "create-api-token", "nobody").exit_code == 1
