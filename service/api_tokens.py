@@ -1,9 +1,9 @@
 """Personal access tokens, as DHIS2 has them: `Authorization: ApiToken d2pat_…`.
 
-A key is `d2pat_`, 32 random letters and digits, and a 10-digit CRC32 checksum (a typo is
-rejected before the database is asked). Only the key's SHA-256 is stored; the key is shown once.
-Tokens expire (30 days unless asked otherwise, at most a year) and can be revoked. Functions take
-the session first and never commit.
+A key is `d2pat_`, 32 random letters and digits, and the zero-padded 10-digit CRC32 of those 32
+characters, as DHIS2 makes them (a typo is rejected before the database is asked). Only the key's
+SHA-256 is stored; the key is shown once. Tokens expire (30 days unless asked otherwise, at most a
+year) and can be revoked. Functions take the session first and never commit.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def well_formed(key: str) -> bool:
     """Prefix, length, alphabet and checksum; says nothing about whether the key exists."""
     if len(key) != KEY_LENGTH or not key.startswith(PREFIX):
         return False
-    body, check = key[:-10], key[-10:]
-    if not all(c in _ALPHABET for c in body[len(PREFIX) :]):
+    secret_part, check = key[len(PREFIX) : -10], key[-10:]
+    if not all(c in _ALPHABET for c in secret_part):
         return False
-    return hmac.compare_digest(_checksum(body), check)
+    return hmac.compare_digest(_checksum(secret_part), check)
 
 
 def create(
@@ -73,8 +73,8 @@ def create(
         raise Conflict(
             f"At most {MAX_TOKENS_PER_USER} tokens per user; revoke some first.", field="apiToken"
         )
-    body = PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_LENGTH))
-    key = body + _checksum(body)
+    secret_part = "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_LENGTH))
+    key = PREFIX + secret_part + _checksum(secret_part)
     token = ApiToken(
         user_id=user.id,
         key_hash=key_hash(key),

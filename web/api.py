@@ -8,6 +8,7 @@ Routes also answer with DHIS2's `.json` suffix, as DHIS2 clients ask for it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,27 @@ def _require_caller() -> Response | None:
     if request.method not in SAFE_METHODS and g.get("auth_method") not in ("basic", "token"):
         csrf.protect()
     return None
+
+
+class ApiVersionPrefix:
+    """WSGI middleware: DHIS2 clients may put the API version in the path (`/api/33/...`, as the
+    documentation's examples and `dhis2.py`'s `api_version` do); it names the same resources."""
+
+    PATTERN = re.compile(r"^/api/(\d{2})(/.*)$")
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        found = self.PATTERN.match(environ.get("PATH_INFO", ""))
+        if found and int(found.group(1)) >= 25:
+            environ["PATH_INFO"] = "/api" + found.group(2)
+        return self.wsgi_app(environ, start_response)
+
+
+def init_app(app: Any) -> None:
+    app.register_blueprint(bp)
+    app.wsgi_app = ApiVersionPrefix(app.wsgi_app)
 
 
 def me() -> User:
@@ -670,7 +692,7 @@ def _token(t: ApiToken) -> dict[str, Any]:
         "displayName": t.name or t.uid,
         "created": ser.iso(t.created_at),
         "expire": int(t.expires_at.timestamp() * 1000),
-        "version": 2,
+        "version": 1,
         "type": "PERSONAL_ACCESS_TOKEN",
         "user": {"id": t.user.uid},
     }
@@ -813,25 +835,39 @@ def user_lookup() -> Response:
         select(User)
         .where(
             User.disabled.is_(False),
-            or_(User.username.ilike(p, escape="\\"), name.ilike(p, escape="\\"), User.uid == q),
+            or_(
+                User.username.ilike(p, escape="\\"),
+                name.ilike(p, escape="\\"),
+                User.email.ilike(p, escape="\\"),
+                User.uid == q,
+            ),
         )
         .order_by(User.username)
         .limit(25)
     )
-    return jsonify(
-        {
-            "users": [
-                {
-                    "id": u.uid,
-                    "username": u.username,
-                    "displayName": u.display_name,
-                    "firstName": u.first_name,
-                    "surname": u.surname,
-                }
-                for u in rows
-            ]
-        }
-    )
+    return jsonify({"users": [_lookup(u) for u in rows]})
+
+
+def _lookup(u: User) -> dict[str, Any]:
+    return {
+        "id": u.uid,
+        "username": u.username,
+        "firstName": u.first_name,
+        "surname": u.surname,
+        "displayName": u.display_name,
+    }
+
+
+@route("/userLookup/<key>", methods=["GET"])
+def user_lookup_one(key: str) -> Response:
+    """One user by id, then by username (DHIS2's order), minimal fields only."""
+    session = db()
+    user = session.scalar(select(User).where(User.uid == key, User.disabled.is_(False)))
+    if user is None:
+        user = session.scalar(select(User).where(User.username == key, User.disabled.is_(False)))
+    if user is None:
+        raise NotFound(f"User does not exist: {key}", field="id")
+    return jsonify(_lookup(user))
 
 
 @route("/userLookup/feedbackRecipients", methods=["GET"])
@@ -856,13 +892,7 @@ def feedback_recipients_lookup() -> Response:
                 )
             )
         users = list(session.scalars(stmt.order_by(User.username).limit(50)))
-    return jsonify(
-        {
-            "users": [
-                {"id": u.uid, "username": u.username, "displayName": u.display_name} for u in users
-            ]
-        }
-    )
+    return jsonify({"users": [_lookup(u) for u in users]})
 
 
 def _named_search(model: type, key: str) -> Response:

@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     auth.init_app(app)
     errors.init_app(app)
-    app.register_blueprint(api.bp)
+    api.init_app(app)
     app.register_blueprint(pages.bp)
     cli.init_app(app)
 

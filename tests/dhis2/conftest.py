@@ -1,11 +1,13 @@
-"""DHIS2 compatibility: real web server and worker processes (the end-to-end fixtures), with a
-small committed data set instead of the whole Sierra Leone hierarchy."""
+"""DHIS2 compatibility. Contract tests use the app on a rolled-back session (the web fixtures);
+the client test uses real web server and worker processes (the end-to-end fixtures) with a small
+committed data set instead of the whole Sierra Leone hierarchy."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.e2e.conftest import e2e_env, web_server, worker  # noqa: F401  (fixtures)
+from tests.web.conftest import app, client, login_user, publisher  # noqa: F401  (fixtures)
 
 PASSWORD = "client-test-password"
 

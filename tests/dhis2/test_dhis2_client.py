@@ -39,6 +39,8 @@ def test_dhis2_py_sends_lists_replies_and_sends_feedback(
     nurse = Api(web_server, "nurse", PASSWORD)
     assert boss.version == "2.40.0" and boss.version_int == 40
     nurse_id = nurse.get("me").json()["id"]
+    # The client's api_version puts the version in the path: /api/40/me.json.
+    assert Api(web_server, "nurse", PASSWORD, api_version=40).get("me").json()["id"] == nurse_id
 
     # Send: JSON through the client's own post().
     r = boss.post(
