@@ -27,6 +27,20 @@ def user_with_uid(db: Session, uid: str, username: str, first: str | None = None
     return u
 
 
+def documented_recipients(db: Session, group_uid: str) -> tuple[User, User]:
+    """The documentation's users OYLGMiazHtW and N3PZBUlN8vq, a user group with `group_uid` and
+    organisation unit DiszpKrYNg8, each group and unit with a member."""
+    a = user_with_uid(db, "OYLGMiazHtW", "a")
+    b = user_with_uid(db, "N3PZBUlN8vq", "b")
+    group = f.user_group(db, "Group", (f.user(db),))
+    group.uid = group_uid
+    unit = f.org_unit(db, "Unit")
+    unit.uid = "DiszpKrYNg8"
+    f.user(db, units=(unit,))
+    db.flush()
+    return a, b
+
+
 def conversation(db: Session, uid: str, sender: User, *recipients: User) -> Conversation:
     """A committed-looking private conversation with a fixed (documentation) id."""
     conv = Conversation(
@@ -69,14 +83,7 @@ def test_send_with_the_documented_json_payload(client, db, admin, publisher) -> 
     conversation resource." (We add the id to the body; DHIS2 clients ignore it.)
     """
     _, auth = admin
-    a = user_with_uid(db, "OYLGMiazHtW", "a")
-    b = user_with_uid(db, "N3PZBUlN8vq", "b")
-    group = f.user_group(db, "Group", (f.user(db),))
-    group.uid = "ZoHNWQajIoe"
-    unit = f.org_unit(db, "Unit")
-    unit.uid = "DiszpKrYNg8"
-    f.user(db, units=(unit,))
-    db.flush()
+    a, b = documented_recipients(db, group_uid="ZoHNWQajIoe")
     payload = {
         "subject": "Hey",
         "text": "How are you?",
@@ -226,13 +233,7 @@ def test_add_recipients_with_the_documented_payload(client, db, admin, publisher
     DHIS2 answers 204; we answer 202 Accepted with the delivery that adds them.
     """
     me, auth = admin
-    a = user_with_uid(db, "OYLGMiazHtW", "a")
-    b = user_with_uid(db, "N3PZBUlN8vq", "b")
-    group = f.user_group(db, "Group", (f.user(db),))
-    group.uid = "DiszpKrYNg8"
-    unit = f.org_unit(db, "Unit")
-    unit.uid = "DiszpKrYNg8"
-    db.flush()
+    a, b = documented_recipients(db, group_uid="DiszpKrYNg8")
     conv = conversation(db, new_uid(), me, f.user(db))
     r = client.post(
         f"/api/messageConversations/{conv.uid}/recipients",
