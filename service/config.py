@@ -9,6 +9,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+# The broker's queues: bulk fan-out never shares a queue (or a worker) with interactive work.
+BULK_QUEUE = "bulk"
+INTERACTIVE_QUEUE = "interactive"
+QUEUES = (BULK_QUEUE, INTERACTIVE_QUEUE)
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -49,6 +54,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    for value in allowed:
+        if raw.strip().lower() == value.lower():
+            return value
+    raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service can be configured with. See the README's configuration table."""
@@ -75,6 +93,13 @@ class Settings:
     batch_max_attempts: int = 5
     broker_connect_timeout: float = 3.0
     session_cookie_secure: bool = False
+    # Logging: `text` (human-readable lines) or `json` (one JSON object a line); level name.
+    log_format: str = "text"
+    log_level: str = "INFO"
+    # Readiness checks (/health/ready) give each dependency this long to answer.
+    health_timeout: float = 2.0
+    # Flower's `user:password` list (comma-separated); only the Flower process needs it.
+    flower_basic_auth: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,6 +136,23 @@ class Settings:
                     "production mode (APP_ENV=production) needs these settings: "
                     + ", ".join(missing)
                 )
+        return self
+
+    def check_flower(self) -> Settings:
+        """The Flower process's own rule: in production it runs only behind basic auth."""
+        if self.flower_basic_auth:
+            for pair in self.flower_basic_auth.split(","):
+                user, sep, password = pair.partition(":")
+                if not (user and sep and password):
+                    raise ConfigError(
+                        "FLOWER_BASIC_AUTH must be user:password (comma-separated for several), "
+                        "with neither part empty"
+                    )
+        elif self.is_production:
+            raise ConfigError(
+                "production mode (APP_ENV=production) needs these settings: FLOWER_BASIC_AUTH "
+                "(user:password for Flower's basic authentication)"
+            )
         return self
 
 
@@ -166,5 +208,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_max_attempts=_int(env, "BATCH_MAX_ATTEMPTS", 5, 1),
         broker_connect_timeout=_float(env, "BROKER_CONNECT_TIMEOUT", 3.0),
         session_cookie_secure=_bool(env, "SESSION_COOKIE_SECURE", app_env == "production"),
+        log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+        log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
+        health_timeout=_float(env, "HEALTH_TIMEOUT", 2.0),
+        flower_basic_auth=env.get("FLOWER_BASIC_AUTH", "").strip(),
     )
     return settings.check()

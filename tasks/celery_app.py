@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
 
-from service.config import Settings, load_settings
-
-BULK_QUEUE = "bulk"
-INTERACTIVE_QUEUE = "interactive"
+from service.config import BULK_QUEUE, INTERACTIVE_QUEUE, ConfigError, Settings, load_settings
 
 # Stable names, each `domain.verb`; bulk fan-out never shares a queue with interactive work.
 TASK_QUEUES: dict[str, str] = {
@@ -83,4 +81,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return celery
 
 
-app = make_celery()
+try:
+    app = make_celery()
+except ConfigError as exc:
+    # Every Celery entry point (worker, beat, flower) imports this first: stop with the message.
+    sys.exit(f"configuration error: {exc}")

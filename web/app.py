@@ -10,6 +10,7 @@ from flask import Flask, g
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import logs
 from service.config import Settings, load_settings
 from service.db import make_engine, make_session_factory
 
@@ -23,7 +24,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     `overrides` lets tests inject `session_factory` (a rolled-back session) and `publisher`
     (the boundary to the broker).
     """
-    settings = settings or load_settings()
+    if settings is None:
+        # A real process (gunicorn, `flask`): settings and logging come from the environment.
+        settings = load_settings()
+        logs.configure(settings.log_format, settings.log_level)
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,
@@ -55,13 +59,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     csrf.init_app(app)
 
-    from web import api, auth, cli, errors, pages
+    from web import api, auth, cli, errors, ops, pages
 
     auth.init_app(app)
     errors.init_app(app)
     api.init_app(app)
     app.register_blueprint(pages.bp)
     cli.init_app(app)
+    ops.init_app(app, settings, injected_sessions=overrides.get("session_factory") is not None)
 
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:
