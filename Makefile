@@ -25,7 +25,12 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install system-packages run test lint migrate clean
+# `make bench`: users in the benchmark database, and the size the naive approach is run at.
+SIZE ?= 1000000
+NAIVE_SIZE ?= 100000
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: help install system-packages run test lint migrate clean bench
 
 help:
 	@echo "make install   create $(VENV) and install the project with its test and dev tools"
@@ -33,6 +38,7 @@ help:
 	@echo "make test      the whole test suite; PYTEST_ARGS='...' passes arguments to pytest"
 	@echo "make lint      ruff check and ruff format --check"
 	@echo "make migrate   apply the database migrations (DATABASE_URL, or var/messaging.db)"
+	@echo "make bench     fan-out benchmark (SIZE=1000000 NAIVE_SIZE=100000), results in bench/results/"
 	@echo "make clean     remove var/ (the demo's data) and $(VENV)"
 
 install: $(STAMP) system-packages
@@ -76,6 +82,13 @@ lint: install
 migrate: install
 	@mkdir -p "$${DATA_DIR:-var}"
 	$(BIN)/alembic upgrade head
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'
+	@touch $@
+
+bench: install $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --size $(SIZE) --naive-size $(NAIVE_SIZE) $(BENCH_ARGS)
 
 clean:
 	rm -rf var $(VENV)
