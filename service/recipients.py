@@ -74,16 +74,49 @@ def _routes(
         user_group_members.c.group_id.in_(_targets(delivery_id, TargetKind.USER_GROUP)),
         bounded(user_group_members.c.user_id),
     )
-    by_unit = select(user_org_units.c.user_id).where(
-        user_org_units.c.org_unit_id.in_(_reached_units(delivery_id, include_descendants)),
-        bounded(user_org_units.c.user_id),
-    )
+    if include_descendants and user_range is not None:
+        # A batch starts from its own users' units and tests each against the named subtrees:
+        # work in proportion to the batch, not to the whole hierarchy (which every batch would
+        # otherwise walk again).
+        root = aliased(OrgUnit)
+        named = target_org_units(delivery_id).subquery()
+        by_unit = (
+            select(user_org_units.c.user_id)
+            .join(OrgUnit, OrgUnit.id == user_org_units.c.org_unit_id)
+            .where(
+                bounded(user_org_units.c.user_id),
+                exists().where(
+                    root.id.in_(select(named.c[0])),
+                    # UIDs have a fixed length: the prefix matches the unit and its subtree only.
+                    OrgUnit.path.startswith(root.path, autoescape=False),
+                ),
+            )
+        )
+    else:
+        by_unit = select(user_org_units.c.user_id).where(
+            user_org_units.c.org_unit_id.in_(_reached_units(delivery_id, include_descendants)),
+            bounded(user_org_units.c.user_id),
+        )
     return [direct, by_group, by_unit]
 
 
-def _eligible(user_id: ColumnElement[int], exclude_user_id: int | None) -> ColumnElement[bool]:
-    """Active users other than the actor (disabled users receive nothing)."""
+def _eligible(
+    user_id: ColumnElement[int],
+    exclude_user_id: int | None,
+    user_range: tuple[int, int] | None = None,
+) -> ColumnElement[bool]:
+    """Active users other than the actor (disabled users receive nothing).
+
+    With a user-id range the users table is read for that range only: without it, the planner
+    hashes the whole table for every batch, which makes a fan-out quadratic in the user count.
+    """
     cond = exists().where(User.id == user_id, User.disabled.is_(False))
+    if user_range is not None:
+        cond = exists().where(
+            User.id == user_id,
+            User.disabled.is_(False),
+            User.id.between(user_range[0], user_range[1]),
+        )
     if exclude_user_id is not None:
         cond = and_(cond, user_id != exclude_user_id)
     return cond
@@ -98,7 +131,7 @@ def recipients(
     """Distinct ids of the users a SEND delivery reaches, optionally within a user-id range."""
     routes = union(*_routes(delivery_id, include_descendants, user_range)).subquery("routes")
     user_id = routes.c[0].label("user_id")
-    return select(user_id).where(_eligible(routes.c[0], exclude_user_id))
+    return select(user_id).where(_eligible(routes.c[0], exclude_user_id, user_range))
 
 
 def sample_count(
