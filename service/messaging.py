@@ -834,7 +834,14 @@ def _query_condition(words: list[str], handler: bool) -> ColumnElement[bool]:
     Internal replies (and their senders) are searched for feedback handlers only, so a search can
     never reveal that an internal reply contains a word."""
     cond: list[ColumnElement[bool]] = []
-    full_name = func.coalesce(User.first_name, "") + " " + func.coalesce(User.surname, "")
+    # The sender's display name, as DHIS2 searches it: the full name, or the username without one.
+    display_name = case(
+        (
+            and_(User.first_name.is_(None), User.surname.is_(None)),
+            User.username,
+        ),
+        else_=func.coalesce(User.first_name, "") + " " + func.coalesce(User.surname, ""),
+    )
     for word in words:
         pattern = _like(word)
         visible = [Message.conversation_id == Conversation.id]
@@ -842,10 +849,7 @@ def _query_condition(words: list[str], handler: bool) -> ColumnElement[bool]:
             visible.append(Message.internal.is_(False))
         sender_match = exists().where(
             User.id == Message.sender_id,
-            or_(
-                User.username.ilike(pattern, escape="\\"),
-                full_name.ilike(pattern, escape="\\"),
-            ),
+            display_name.ilike(pattern, escape="\\"),
         )
         cond.append(
             or_(

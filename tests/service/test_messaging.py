@@ -285,7 +285,10 @@ def test_inbox_lists_newest_first_with_totals_and_filters(db: Session) -> None:
     unread = msg.list_conversations(db, me, filters=msg.ListFilters(read=False))
     assert unread.total == 5
     assert msg.unread_count(db, me) == 5
-    found = msg.list_conversations(db, me, filters=msg.ListFilters(query="body 4"))
+    # The phrase; word by word, "4" would also match senders whose name holds a 4.
+    found = msg.list_conversations(
+        db, me, filters=msg.ListFilters(query="body 4", query_phrase=True)
+    )
     assert [s.conversation.uid for s in found.items] == [uids[4]]
     by_sender = msg.list_conversations(db, me, filters=msg.ListFilters(query="kamara"))
     assert by_sender.total == 7
