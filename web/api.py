@@ -164,6 +164,8 @@ def _ids_array() -> list[str]:
     data = _json_body()
     if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
         raise InvalidInput("Expected a JSON array of conversation ids.", field="body")
+    if len(data) > msg.MAX_RECIPIENT_IDS:
+        raise InvalidInput(f"At most {msg.MAX_RECIPIENT_IDS} ids at once.", field="body")
     return data
 
 
@@ -673,6 +675,8 @@ def remove_many() -> Response:
     ids = request.args.getlist("mc")
     if not ids:
         raise InvalidInput("Give the conversations to remove as ?mc=id&mc=id.", field="mc")
+    if len(ids) > msg.MAX_RECIPIENT_IDS:
+        raise InvalidInput(f"At most {msg.MAX_RECIPIENT_IDS} ids at once.", field="mc")
     session = db()
     done = msg.remove_from_inbox(session, user, ids)
     if not done:
@@ -930,11 +934,12 @@ def _ou(ou: OrgUnit, children: int | None = None) -> dict[str, Any]:
 def org_units() -> Response:
     session = db()
     q = _query()
+    level = _int_arg("level", 0, 1, 20) if request.args.get("level") else None
     stmt = select(OrgUnit)
     if q:
         stmt = stmt.where(or_(OrgUnit.name.ilike(_pattern(q), escape="\\"), OrgUnit.uid == q))
-    elif request.args.get("level"):
-        stmt = stmt.where(OrgUnit.level == _int_arg("level", 1, 1, 20))
+    elif level is not None:
+        stmt = stmt.where(OrgUnit.level == level)
     else:
         stmt = stmt.where(OrgUnit.parent_id.is_(None))
     rows = session.scalars(stmt.order_by(OrgUnit.level, OrgUnit.name).limit(50)).all()

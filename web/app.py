@@ -17,6 +17,10 @@ from service.db import make_engine, make_session_factory
 csrf = CSRFProtect()
 log = logging.getLogger(__name__)
 
+# Bound request bodies: a message is at most 10,000 characters (40 KB of UTF-8 at worst) and at
+# most 1,000 recipient ids; 1 MiB leaves room for forms and JSON overhead. Larger answers 413.
+MAX_CONTENT_LENGTH = 1024 * 1024
+
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the app. Settings come from the environment unless given.
@@ -37,8 +41,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
-        # Bound request bodies: a message is at most 10k characters; this leaves room for forms.
-        MAX_CONTENT_LENGTH=1 * 1024 * 1024,
+        MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         WTF_CSRF_TIME_LIMIT=None,
     )
     app.extensions["settings"] = settings
@@ -59,11 +62,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     csrf.init_app(app)
 
-    from web import api, auth, cli, errors, ops, pages
+    from web import api, auth, cli, errors, guards, openapi, ops, pages
 
     auth.init_app(app)
     errors.init_app(app)
+    guards.init_app(app)
     api.init_app(app)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     cli.init_app(app)
     ops.init_app(app, settings, injected_sessions=overrides.get("session_factory") is not None)

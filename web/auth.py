@@ -66,6 +66,8 @@ def _load_from_request(request: Request) -> CurrentUser | None:
 
 def authenticate(username: str, password: str) -> CurrentUser | None:
     """The user with these credentials, or None. Disabled users cannot sign in."""
+    if "\x00" in username or len(username) > 255:  # cannot be a stored username
+        return None
     user = _session().scalar(select(User).where(User.username == username))
     ok = verify_password(password, user.password_hash if user else None)
     if user is None or not ok or user.disabled:

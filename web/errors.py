@@ -7,7 +7,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, render_template, request
+from flask import Flask, Response, current_app, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
@@ -90,6 +90,12 @@ def init_app(app: Flask) -> None:
         _rollback()
         code = exc.code or 500
         message = exc.description or HTTPStatus(code).phrase
+        if code == 413:
+            limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
+            message = (
+                f"The request is too large: bodies may be at most {limit // 1024} KiB "
+                "(a message's text at most 10,000 characters)."
+            )
         if wants_json():
             resp = json_error(code, message)
             if code == 405 and exc.get_response().headers.get("Allow"):
