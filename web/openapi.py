@@ -158,9 +158,37 @@ def _schemas() -> dict[str, Any]:
         firstName=_nullable(STR),
         surname=_nullable(STR),
     )
+    recipients = {
+        "type": "object",
+        "description": new_message["description"],
+        "properties": {
+            k: new_message["properties"][k]
+            for k in (
+                "users",
+                "userGroups",
+                "organisationUnits",
+                "organisationUnitGroups",
+                "ouMode",
+            )
+        },
+    }
+    api_token = _obj(
+        ["id", "expire", "type"],
+        id=STR,
+        name=_nullable(STR),
+        displayName=STR,
+        created=DATETIME,
+        expire=INT,
+        version=INT,
+        type=STR,
+        user=_obj(["id"], id=STR),
+    )
     return {
         "UserRef": user_ref,
-        "Summary": {"type": "object", "required": ["id", "subject"], "properties": summary_props},
+        # `fields=` may select any subset, so no property is required.
+        "Summary": {"type": "object", "properties": summary_props},
+        "Recipients": recipients,
+        "ApiToken": api_token,
         "Conversation": conversation,
         "Message": message,
         "Delivery": delivery,
@@ -226,6 +254,15 @@ def _path(name: str = "id") -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+FIELDS = _query(
+    "fields",
+    {"type": "array", "items": {"type": "string"}},
+    "DHIS2 field selection, e.g. id,subject,messages[text,sender[displayName]]",
+    style="form",
+    explode=True,
+)
+OWN_USER = _query("user", {"type": "string"}, "only the caller's own id is accepted (else 403)")
+
 TEXT_BODY = {
     "required": True,
     "content": {
@@ -238,12 +275,31 @@ TEXT_BODY = {
 IDS_BODY = {"required": True, "content": {JSON: {"schema": _ref("IdArray")}}}
 
 
-def _flag_op(summary: str, key: str) -> dict[str, Any]:
-    ok = _json(
+def _flagged(key: str) -> dict[str, Any]:
+    return _json(
         _obj([key], **{key: {"type": "array", "items": STR}}),
         "The ids changed (unknown or invisible ids are left out)",
     )
-    return {"post": _op(summary, ok, body=IDS_BODY)}
+
+
+def _flag_op(summary: str, key: str) -> dict[str, Any]:
+    return {
+        "post": _op(
+            summary, _flagged(key), errors=(400, 403, 404), params=[OWN_USER], body=IDS_BODY
+        )
+    }
+
+
+def _one_flag_op(summary: str, key: str) -> dict[str, Any]:
+    user_uid = _query("userUid", {"type": "string"}, "only the caller's own id (else 403)")
+    return {
+        "parameters": [_path("id")],
+        "post": _op(summary, _flagged(key), errors=(400, 403, 404), params=[user_uid]),
+    }
+
+
+def _triaged(key: str) -> dict[str, Any]:
+    return _obj([key, "id"], **{key: STR, "id": STR})
 
 
 def _paths() -> dict[str, Any]:
@@ -256,11 +312,22 @@ def _paths() -> dict[str, Any]:
         _query(
             "filter",
             {"type": "array", "items": {"type": "string"}},
-            "field:eq:value with field one of messageType, status, priority, read, followUp, "
-            "assignee.id; several combine",
+            "field:op:value with field one of messageType, status, priority, read, followUp, "
+            "assignee.id and op one of eq, ne, in, !in, null, !null; several combine",
             style="form",
             explode=True,
         ),
+        _query(
+            "order",
+            {"type": "array", "items": {"type": "string"}},
+            "property:asc|desc, e.g. lastMessage:desc",
+            style="form",
+            explode=True,
+        ),
+        _query("rootJunction", {"type": "string", "enum": ["AND"]}),
+        _query("queryOperator", {"type": "string", "enum": ["token", "ilike", "like"]}),
+        _query("assignedToMe", {"type": "boolean"}),
+        FIELDS,
         _query("messageType", {"type": "string", "enum": ENUMS["messageType"]}),
         _query("status", {"type": "string", "enum": ENUMS["status"]}),
         _query("priority", {"type": "string", "enum": ENUMS["priority"]}),
@@ -329,14 +396,16 @@ def _paths() -> dict[str, Any]:
             "delete": _op(
                 "Remove conversations from the caller's inbox",
                 removed,
+                errors=(400, 403, 404),
                 params=[
+                    OWN_USER,
                     _query(
                         "mc",
                         {"type": "array", "items": STR, "maxItems": MAX_RECIPIENT_IDS},
                         required=True,
                         style="form",
                         explode=True,
-                    )
+                    ),
                 ],
             ),
         },
@@ -364,6 +433,7 @@ def _paths() -> dict[str, Any]:
                 "A conversation with its messages",
                 _json(_ref("Conversation"), "The conversation"),
                 errors=(400, 404),
+                params=[_query("markRead", {"type": "boolean"}), FIELDS],
             ),
             "post": _op(
                 "Reply (plain-text body); internal=true for feedback handlers",
@@ -378,9 +448,90 @@ def _paths() -> dict[str, Any]:
         "/api/messageConversations/{id}/{userId}": {
             "parameters": [conv_id, _path("userId")],
             "delete": _op(
-                "Remove from the caller's inbox (userId must be the caller's)",
+                "Remove from the caller's inbox (userId must be the caller's, else 403)",
                 removed,
+                errors=(400, 403, 404),
+            ),
+        },
+        "/api/messageConversations/{id}/read": _one_flag_op("Mark one read", "markedRead"),
+        "/api/messageConversations/{id}/unread": _one_flag_op("Mark one unread", "markedUnread"),
+        "/api/messageConversations/{id}/recipients": {
+            "parameters": [conv_id],
+            "post": _op(
+                "Add recipients (the sender, administrators); delivered in the background",
+                _json(
+                    {
+                        "allOf": [web_message],
+                        "type": "object",
+                        "required": ["id", "delivery"],
+                        "properties": {
+                            "id": STR,
+                            "delivery": _obj(["id", "href"], id=STR, href=STR),
+                        },
+                    },
+                    "Accepted",
+                ),
+                code=202,
+                errors=(400, 403, 404, 409),
+                body={"required": True, "content": {JSON: {"schema": _ref("Recipients")}}},
+            ),
+        },
+        "/api/apiToken": {
+            "get": _op(
+                "The caller's personal access tokens",
+                _json(
+                    _obj(["apiToken"], apiToken={"type": "array", "items": _ref("ApiToken")}),
+                    "Tokens",
+                ),
+                tag="apiToken",
+            ),
+            "post": _op(
+                "Create a personal access token (not with a token); the key is shown once",
+                _json(web_message, "Created; response.key is the token"),
+                code=201,
+                errors=(400, 403),
+                body={
+                    "required": False,
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "name": _nullable(STR),
+                                    "expire": {
+                                        "type": ["integer", "null"],
+                                        "description": "milliseconds since 1970",
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                tag="apiToken",
+            ),
+        },
+        "/api/apiToken/{id}": {
+            "parameters": [conv_id],
+            "get": _op(
+                "One of the caller's tokens",
+                _json(_ref("ApiToken"), "The token (never its key)"),
                 errors=(400, 404),
+                tag="apiToken",
+            ),
+            "delete": _op(
+                "Revoke one of the caller's tokens",
+                _json(web_message, "Revoked"),
+                errors=(400, 404),
+                tag="apiToken",
+            ),
+        },
+        "/api/userLookup/{id}": {
+            "parameters": [conv_id],
+            "get": _op(
+                "One user by id or username",
+                _json(_ref("LookupUser"), "The user"),
+                errors=(400, 404),
+                tag="lookup",
             ),
         },
         "/api/messageConversations/{id}/delivery": {
@@ -404,7 +555,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [conv_id],
             "post": _op(
                 "Set a feedback conversation's status (handlers)",
-                _json(web_message, "Updated"),
+                _json(_triaged("status"), "Updated: {NEW_VALUE: [id]} as DHIS2 answers"),
                 errors=(400, 403, 404),
                 params=[
                     _query(
@@ -419,7 +570,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [conv_id],
             "post": _op(
                 "Set a feedback conversation's priority (handlers)",
-                _json(web_message, "Updated"),
+                _json(_triaged("priority"), "Updated: {NEW_VALUE: [id]} as DHIS2 answers"),
                 errors=(400, 403, 404),
                 params=[
                     _query(
@@ -570,10 +721,16 @@ def document() -> dict[str, Any]:
             ),
         },
         "servers": [{"url": "/"}],
-        "security": [{"basic": []}, {"session": []}],
+        "security": [{"basic": []}, {"apiToken": []}, {"session": []}],
         "components": {
             "securitySchemes": {
                 "basic": {"type": "http", "scheme": "basic"},
+                "apiToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "DHIS2 personal access token: `Authorization: ApiToken d2pat_…`",
+                },
                 "session": {
                     "type": "apiKey",
                     "in": "cookie",
