@@ -90,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     from postman.models import Message
 
     call_command("migrate", verbosity=0)
-    have = User.objects.count()
-    need = args.max_size + 1
-    if have < need:
+
+    def ensure_users(need: int) -> None:
+        """Users 1 .. need (1 is the sender), written with COPY like the service's data set."""
+        have = User.objects.count()
+        if have >= need:
+            return
         now = dt.datetime.now(dt.UTC)
         with connection.cursor() as cur:
             raw = cur.cursor
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                     copy.write_row((i, "!", False, f"user{i}", "", "", "", False, True, now))
             cur.execute("SELECT setval(pg_get_serial_sequence('auth_user', 'id'), %s)", [need])
             cur.execute("ANALYZE auth_user")
+
+    ensure_users(min(1_000, args.max_size) + 1)
     sender = User.objects.get(pk=1)
 
     def run(n: int) -> float:
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_size < LADDER[0]:
         target = args.max_size
     if target > warm_n:
+        ensure_users(target + 1)
         signal.signal(signal.SIGALRM, _alarm)
         signal.alarm(int(args.budget))
         try:

@@ -83,14 +83,10 @@ def _routes(
         by_unit = (
             select(user_org_units.c.user_id)
             .join(OrgUnit, OrgUnit.id == user_org_units.c.org_unit_id)
-            .where(
-                bounded(user_org_units.c.user_id),
-                exists().where(
-                    root.id.in_(select(named.c[0])),
-                    # UIDs have a fixed length: the prefix matches the unit and its subtree only.
-                    OrgUnit.path.startswith(root.path, autoescape=False),
-                ),
-            )
+            # UIDs have a fixed length: the prefix matches the unit and its subtree only. A unit
+            # under two named roots comes twice; the union of the routes removes duplicates.
+            .join(root, OrgUnit.path.startswith(root.path, autoescape=False))
+            .where(bounded(user_org_units.c.user_id), root.id.in_(select(named.c[0])))
         )
     else:
         by_unit = select(user_org_units.c.user_id).where(
