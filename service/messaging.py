@@ -18,6 +18,7 @@ from sqlalchemy import (
     Select,
     and_,
     case,
+    cast,
     exists,
     false,
     func,
@@ -47,12 +48,13 @@ from service.models import (
     OrgUnitGroup,
     Priority,
     Status,
+    SystemSetting,
     TargetKind,
     User,
     UserGroup,
     user_group_members,
 )
-from service.system_settings import feedback_group
+from service.system_settings import FEEDBACK_RECIPIENTS, feedback_group
 
 MAX_SUBJECT = 255
 MAX_TEXT = 10_000
@@ -798,9 +800,21 @@ def remove_from_inbox(session: Session, user: User, uids: Iterable[str]) -> list
 
 def unread_count(session: Session, user: User) -> int:
     """Unread conversations in the caller's inbox (reads one small partial index)."""
-    cond = [Inbox.user_id == user.id, Inbox.read.is_(False), Inbox.removed.is_(False)]
-    if not is_handler(session, user.id):
-        cond.append(Inbox.as_handler.is_(False))
+    # One statement (it is asked for on every page): handler rows count only while the user is
+    # in the configured feedback group, decided inside the same query.
+    handler_now = exists().where(
+        SystemSetting.key == FEEDBACK_RECIPIENTS,
+        user_group_members.c.group_id == cast(SystemSetting.value, Integer),
+        user_group_members.c.user_id == user.id,
+    )
+    # Spelled NOT read / NOT removed so that PostgreSQL matches the partial index's predicate
+    # (it cannot prove `read IS false` implies it) and counts from the index alone.
+    cond = [
+        Inbox.user_id == user.id,
+        ~Inbox.read,
+        ~Inbox.removed,
+        or_(~Inbox.as_handler, handler_now),
+    ]
     return int(session.scalar(select(func.count()).select_from(Inbox).where(*cond)) or 0)
 
 
