@@ -29,8 +29,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 SIZE ?= 1000000
 NAIVE_SIZE ?= 100000
 BENCH_STAMP := $(VENV)/.installed-bench
+# `make load`: concurrent simulated people and how long they act (see bench/load.py).
+LOAD_USERS ?= 50
+LOAD_DURATION ?= 3m
+LOAD_STAMP := $(VENV)/.installed-load
 
-.PHONY: help install system-packages run test lint migrate clean bench
+.PHONY: help install system-packages run test lint migrate clean bench load
 
 help:
 	@echo "make install   create $(VENV) and install the project with its test and dev tools"
@@ -39,6 +43,8 @@ help:
 	@echo "make lint      ruff check and ruff format --check"
 	@echo "make migrate   apply the database migrations (DATABASE_URL, or var/messaging.db)"
 	@echo "make bench     fan-out benchmark (SIZE=1000000 NAIVE_SIZE=100000), results in bench/results/"
+	@echo "make load      headless load run against the real stack (LOAD_USERS=50 LOAD_DURATION=3m),"
+	@echo "               results in bench/results/load.md and load.json; zero errors required"
 	@echo "make clean     remove var/ (the demo's data) and $(VENV)"
 
 install: $(STAMP) system-packages
@@ -89,6 +95,13 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: install $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --size $(SIZE) --naive-size $(NAIVE_SIZE) $(BENCH_ARGS)
+
+$(LOAD_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,load]'
+	@touch $@
+
+load: install $(LOAD_STAMP)
+	$(BIN)/python -m bench.load --users $(LOAD_USERS) --duration $(LOAD_DURATION) $(LOAD_ARGS)
 
 clean:
 	rm -rf var $(VENV)

@@ -116,8 +116,11 @@ def private_redis(data_dir: Path) -> Iterator[str]:
         proc.stop()
 
 
-def start_web(env: dict[str, str], log_dir: Path) -> tuple[Proc, str]:
-    """The web app under gunicorn (2 processes x 4 threads), as the container image runs it."""
+def start_web(env: dict[str, str], log_dir: Path, keep_alive: int = 2) -> tuple[Proc, str]:
+    """The web app under gunicorn (2 processes x 4 threads), as the container image runs it.
+
+    `keep_alive` (gunicorn's idle keep-alive, s) must outlast a client's pause between requests
+    on one connection, or the client may send on a connection the server is closing."""
     port = free_port()
     proc = Proc(
         "web",
@@ -131,6 +134,8 @@ def start_web(env: dict[str, str], log_dir: Path) -> tuple[Proc, str]:
             "gthread",
             "--bind",
             f"127.0.0.1:{port}",
+            "--keep-alive",
+            str(keep_alive),
             "--access-logfile",
             "-",
             "web:create_app()",
