@@ -28,16 +28,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # `make bench`: users in the benchmark database, and the size the naive approach is run at.
 SIZE ?= 1000000
 NAIVE_SIZE ?= 100000
-BENCH_STAMP := $(VENV)/.installed-bench
 # `make load`: concurrent simulated people and how long they act (see bench/load.py).
 LOAD_USERS ?= 50
 LOAD_DURATION ?= 3m
-LOAD_STAMP := $(VENV)/.installed-load
 
 .PHONY: help install system-packages run test lint migrate clean bench load
 
 help:
-	@echo "make install   create $(VENV) and install the project with its test and dev tools"
+	@echo "make install   create $(VENV) and install the project with its test, dev, bench and load tools"
 	@echo "make run       the demo on http://127.0.0.1:$${PORT:-5000}/ (Ctrl-C stops it)"
 	@echo "make test      the whole test suite; PYTEST_ARGS='...' passes arguments to pytest"
 	@echo "make lint      ruff check and ruff format --check"
@@ -59,7 +57,7 @@ $(STAMP): pyproject.toml
 		$(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed;" \
 			"on Debian or Ubuntu: apt-get install python3-venv" >&2; rm -rf $(VENV); exit 1; }; \
 	fi
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench,load]'
 	@touch $@
 
 system-packages:
@@ -89,18 +87,10 @@ migrate: install
 	@mkdir -p "$${DATA_DIR:-var}"
 	$(BIN)/alembic upgrade head
 
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'
-	@touch $@
-
-bench: install $(BENCH_STAMP)
+bench: install
 	$(BIN)/python -m bench.run --size $(SIZE) --naive-size $(NAIVE_SIZE) $(BENCH_ARGS)
 
-$(LOAD_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,load]'
-	@touch $@
-
-load: install $(LOAD_STAMP)
+load: install
 	$(BIN)/python -m bench.load --users $(LOAD_USERS) --duration $(LOAD_DURATION) $(LOAD_ARGS)
 
 clean:
