@@ -155,7 +155,7 @@ def test_dockerfile_installs_the_prod_extra_and_ignores_local_state() -> None:
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ("install", "pip install --quiet -e '.[test,dev]'"),
+        ("install", "pip install --quiet -e '.[test,dev,bench,load]'"),
         ("run", ".venv/bin/python scripts/run_demo.py"),
         ("test", ".venv/bin/pytest -k something"),
         ("lint", "ruff format --check ."),
