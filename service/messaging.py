@@ -383,7 +383,10 @@ def _record_targets(
 
 
 def _check_sending_rights(
-    session: Session, sender: User, delivery: Delivery, targets: dict[TargetKind, set[int]]
+    session: Session,
+    sender: User,
+    source: rcpt.TargetSource,
+    targets: dict[TargetKind, set[int]],
 ) -> None:
     """Organisation units (and their groups) only within the sender's own subtrees, unless the
     sender is an administrator or a broadcaster."""
@@ -393,7 +396,7 @@ def _check_sending_rights(
         return
     own_paths = [ou.path for ou in sender.org_units]
     outside = session.scalars(
-        rcpt.units_outside(rcpt.target_org_units(delivery.id), own_paths).limit(5)
+        rcpt.units_outside(rcpt.target_org_units(source), own_paths).limit(5)
     ).all()
     if outside:
         raise Forbidden(
@@ -454,7 +457,7 @@ def send_message(
     session.flush()
     delivery = _record_targets(session, sender, conv, targets, ou_mode == "DESCENDANTS", now)
 
-    _check_sending_rights(session, sender, delivery, targets)
+    _check_sending_rights(session, sender, delivery.id, targets)
 
     limit = max(1_000, announcement_threshold * 20)
     distinct, routes = session.execute(
@@ -537,8 +540,26 @@ def add_recipients(
         raise Forbidden("Only the sender adds recipients to an announcement.", field="id")
     targets = _clean_targets(session, to, ou_mode)
     delivery = _record_targets(session, user, conv, targets, ou_mode == "DESCENDANTS", utcnow())
-    _check_sending_rights(session, user, delivery, targets)
+    _check_sending_rights(session, user, delivery.id, targets)
     return delivery
+
+
+def count_recipients(
+    session: Session, sender: User, to: Recipients, *, ou_mode: object = "SELECTED"
+) -> int:
+    """How many people a message to `to` would reach now: active users other than the sender,
+    each counted once however many routes reach them. Writes nothing.
+
+    The same checks as a send (unknown ids, too many ids, sending rights: Forbidden naming
+    organisationUnits) and the same resolution as the fan-out, in one COUNT over the distinct
+    union of the routes. No recipients selected counts 0 rather than raising.
+    """
+    if to.is_empty():
+        return 0
+    targets = _clean_targets(session, to, ou_mode)
+    _check_sending_rights(session, sender, targets, targets)
+    reached = rcpt.recipients(targets, ou_mode == "DESCENDANTS", sender.id).subquery("reached")
+    return int(session.scalar(select(func.count()).select_from(reached)) or 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -798,10 +819,9 @@ def remove_from_inbox(session: Session, user: User, uids: Iterable[str]) -> list
     return _set_flags(session, user, list(uids)[:MAX_RECIPIENT_IDS], removed=True, read=True)
 
 
-def unread_count(session: Session, user: User) -> int:
-    """Unread conversations in the caller's inbox (reads one small partial index)."""
-    # One statement (it is asked for on every page): handler rows count only while the user is
-    # in the configured feedback group, decided inside the same query.
+def _unread_conditions(user: User) -> tuple[list[ColumnElement[bool]], ColumnElement[bool]]:
+    """The conditions on `Inbox` of the caller's unread rows, and "the caller handles feedback
+    now" as an EXISTS over the setting and the membership (so no second statement decides it)."""
     handler_now = exists().where(
         SystemSetting.key == FEEDBACK_RECIPIENTS,
         user_group_members.c.group_id == cast(SystemSetting.value, Integer),
@@ -813,9 +833,62 @@ def unread_count(session: Session, user: User) -> int:
         Inbox.user_id == user.id,
         ~Inbox.read,
         ~Inbox.removed,
+        # Handler rows count only while the user is in the configured feedback group.
         or_(~Inbox.as_handler, handler_now),
     ]
+    return cond, handler_now
+
+
+def unread_count(session: Session, user: User) -> int:
+    """Unread conversations in the caller's inbox (reads one small partial index)."""
+    # One statement: it is asked for on every page.
+    cond, _ = _unread_conditions(user)
     return int(session.scalar(select(func.count()).select_from(Inbox).where(*cond)) or 0)
+
+
+@dataclass(frozen=True)
+class UnreadCounts:
+    """Unread conversations per inbox folder, and whether the caller handles feedback now."""
+
+    messages: int
+    feedback: int
+    system: int
+    handler: bool
+
+    @property
+    def total(self) -> int:
+        return self.messages + self.feedback + self.system
+
+
+def unread_counts(session: Session, user: User) -> UnreadCounts:
+    """The caller's unread conversations per folder (messages, feedback, system) in one statement.
+
+    The same rows as `unread_count` (the partial unread index, handler rows only while the caller
+    handles feedback), each joined to its conversation by primary key for its type. Internal
+    replies never mark a non-handler's row unread, so they are counted for handlers only.
+    """
+    cond, handler_now = _unread_conditions(user)
+
+    def of_type(kind: MessageType) -> ColumnElement[int]:
+        return func.coalesce(
+            func.sum(case((Conversation.message_type == kind.value, 1), else_=0)), 0
+        )
+
+    row = session.execute(
+        select(
+            of_type(MessageType.PRIVATE),
+            of_type(MessageType.TICKET),
+            of_type(MessageType.SYSTEM),
+            # Uncorrelated: one answer for the whole statement, even when no row is unread.
+            select(handler_now).scalar_subquery(),
+        )
+        .select_from(Inbox)
+        .join(Conversation, Conversation.id == Inbox.conversation_id)
+        .where(*cond)
+    ).one()
+    return UnreadCounts(
+        messages=int(row[0]), feedback=int(row[1]), system=int(row[2]), handler=bool(row[3])
+    )
 
 
 # ---------------------------------------------------------------------------------------------

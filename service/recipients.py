@@ -3,9 +3,15 @@
 Nothing here builds a list of recipients in Python. Every function returns a SELECT that the
 caller embeds in an INSERT ... SELECT, a COUNT, or a window query, so the database does the joins
 over organisation-unit paths and membership tables and removes duplicates itself.
+
+The targets come from a delivery's recorded rows (its id) or, before anything is recorded (the
+composer's live count), from internal ids by kind: the same joins either way, so a count shown
+before sending follows the rules the fan-out applies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection, Mapping
 
 from sqlalchemy import (
     ColumnElement,
@@ -24,21 +30,36 @@ from sqlalchemy.orm import aliased
 from service.models import (
     DeliveryTarget,
     OrgUnit,
+    OrgUnitGroup,
     TargetKind,
     User,
+    UserGroup,
     org_unit_group_members,
     user_group_members,
     user_org_units,
 )
 
+# A delivery's id (its recorded targets), or internal ids by kind that are recorded nowhere yet.
+TargetSource = int | Mapping[TargetKind, Collection[int]]
 
-def _targets(delivery_id: int, kind: TargetKind) -> Select[tuple[int]]:
-    return select(DeliveryTarget.target_id).where(
-        DeliveryTarget.delivery_id == delivery_id, DeliveryTarget.kind == kind.value
-    )
+_MODELS: dict[TargetKind, type[User] | type[UserGroup] | type[OrgUnit] | type[OrgUnitGroup]] = {
+    TargetKind.USER: User,
+    TargetKind.USER_GROUP: UserGroup,
+    TargetKind.ORG_UNIT: OrgUnit,
+    TargetKind.ORG_UNIT_GROUP: OrgUnitGroup,
+}
 
 
-def target_org_units(delivery_id: int) -> Select[tuple[int]]:
+def _targets(delivery_id: TargetSource, kind: TargetKind) -> Select[tuple[int]]:
+    if isinstance(delivery_id, int):
+        return select(DeliveryTarget.target_id).where(
+            DeliveryTarget.delivery_id == delivery_id, DeliveryTarget.kind == kind.value
+        )
+    model = _MODELS[kind]
+    return select(model.id).where(model.id.in_(sorted(delivery_id.get(kind, ()))))
+
+
+def target_org_units(delivery_id: TargetSource) -> Select[tuple[int]]:
     """Organisation units named directly or through an organisation-unit group."""
     via_groups = select(org_unit_group_members.c.org_unit_id).where(
         org_unit_group_members.c.group_id.in_(_targets(delivery_id, TargetKind.ORG_UNIT_GROUP))
@@ -46,7 +67,7 @@ def target_org_units(delivery_id: int) -> Select[tuple[int]]:
     return union(_targets(delivery_id, TargetKind.ORG_UNIT), via_groups)  # type: ignore[return-value]
 
 
-def _reached_units(delivery_id: int, include_descendants: bool) -> Select[tuple[int]]:
+def _reached_units(delivery_id: TargetSource, include_descendants: bool) -> Select[tuple[int]]:
     named = target_org_units(delivery_id).subquery()
     if not include_descendants:
         return select(named.c[0])
@@ -60,7 +81,7 @@ def _reached_units(delivery_id: int, include_descendants: bool) -> Select[tuple[
 
 
 def _routes(
-    delivery_id: int, include_descendants: bool, user_range: tuple[int, int] | None
+    delivery_id: TargetSource, include_descendants: bool, user_range: tuple[int, int] | None
 ) -> list[Select[tuple[int]]]:
     """One SELECT of user ids per route (direct, user group, organisation unit)."""
 
@@ -69,7 +90,8 @@ def _routes(
             return literal(True)
         return col.between(user_range[0], user_range[1])
 
-    direct = _targets(delivery_id, TargetKind.USER).where(bounded(DeliveryTarget.target_id))
+    direct = _targets(delivery_id, TargetKind.USER)
+    direct = direct.where(bounded(direct.selected_columns[0]))
     by_group = select(user_group_members.c.user_id).where(
         user_group_members.c.group_id.in_(_targets(delivery_id, TargetKind.USER_GROUP)),
         bounded(user_group_members.c.user_id),
@@ -119,7 +141,7 @@ def _eligible(
 
 
 def recipients(
-    delivery_id: int,
+    delivery_id: TargetSource,
     include_descendants: bool,
     exclude_user_id: int | None,
     user_range: tuple[int, int] | None = None,

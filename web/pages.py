@@ -21,6 +21,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    jsonify,
     redirect,
     render_template,
     request,
@@ -47,6 +48,7 @@ from service.models import (
 from service.system_settings import feedback_group, set_feedback_group
 from web.app import db
 from web.auth import authenticate
+from web.errors import status_for
 from web.forms import (
     ComposeForm,
     FeedbackForm,
@@ -65,6 +67,8 @@ APP_NAME = "DHIS2 Messaging"
 PAGE_SIZE = 25
 MAX_QUERY = 200
 PUBLIC_ENDPOINTS = {"pages.login"}
+# Asked for by app.js: signed out, they answer 401 JSON instead of redirecting to the sign-in page.
+JSON_ENDPOINTS = {"pages.unread_counts", "pages.recipient_count"}
 # Error pages re-render the form with this status: the request was understood but not accepted.
 FORM_ERROR = 422
 
@@ -77,6 +81,8 @@ FORM_ERROR = 422
 def _require_login() -> Response | None:
     if request.endpoint in PUBLIC_ENDPOINTS or current_user.is_authenticated:
         return None
+    if request.endpoint in JSON_ENDPOINTS:
+        return _json_error(401, "Sign in first.")
     return redirect(url_for("pages.login", next=_here()))
 
 
@@ -121,6 +127,12 @@ def _me() -> User:
 
 def _settings() -> Any:
     return current_app.extensions["settings"]
+
+
+def _json_error(code: int, message: str, field: str | None = None) -> Response:
+    resp = jsonify({"status": "ERROR", "httpStatusCode": code, "message": message, "field": field})
+    resp.status_code = code
+    return resp
 
 
 def _publish(name: str, *args: int) -> None:
@@ -213,18 +225,39 @@ def _when_filter(value: dt.datetime | None) -> Markup:
 
 @bp.app_context_processor
 def _layout() -> dict[str, Any]:
-    def header_unread() -> int | None:
+    def header_unread() -> msg.UnreadCounts | None:
         # Also rendered by the error pages, where the database may be the very thing that failed.
         try:
             if not current_user.is_authenticated:
                 return None
             user = db().get(User, current_user.pk)
-            return None if user is None else msg.unread_count(db(), user)
+            return None if user is None else msg.unread_counts(db(), user)
         except Exception:  # a header badge must never turn an error page into a second error
             current_app.logger.warning("unread badge unavailable", exc_info=True)
             return None
 
     return {"app_name": APP_NAME, "header_unread": header_unread, "delivery_text": delivery_text}
+
+
+def unread_json(counts: msg.UnreadCounts) -> dict[str, Any]:
+    """The header badge's numbers. `feedback` is shown to handlers, and to anyone else only
+    while an answer to their own feedback is unread (the same rule as the Feedback tab)."""
+    return {
+        "total": counts.total,
+        "messages": counts.messages,
+        "feedback": counts.feedback,
+        "system": counts.system,
+        "handler": counts.handler,
+        "showFeedback": counts.handler or counts.feedback > 0,
+    }
+
+
+@bp.get("/unread-counts")
+def unread_counts() -> Response:
+    """The header's unread counts per folder, polled by app.js every 10 seconds (one query)."""
+    resp = jsonify(unread_json(msg.unread_counts(db(), _me())))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,12 +659,7 @@ def compose() -> Any:
     form = ComposeForm()
     if form.validate_on_submit():
         descendants = bool(form.include_descendants.data)
-        to = msg.Recipients(
-            users=split_ids(form.users.data),
-            user_groups=split_ids(form.user_groups.data),
-            org_units=split_ids(form.org_units.data),
-            org_unit_groups=split_ids(form.org_unit_groups.data),
-        )
+        to = _recipients_from(request.form)
         try:
             sent = msg.send_message(
                 session,
@@ -654,6 +682,50 @@ def compose() -> Any:
             flash(f"{kind} sent to {_describe(to, descendants)} — delivering…", "success")
             return redirect(url_for("pages.conversation", uid=sent.conversation.uid))
     return _render_compose(form, FORM_ERROR)
+
+
+def _recipients_from(data: MultiDict[str, str]) -> msg.Recipients:
+    """The recipients named by the compose form's controls (the same names in a query)."""
+    return msg.Recipients(
+        users=split_ids(data.get("users")),
+        user_groups=split_ids(data.get("user_groups")),
+        org_units=split_ids(data.get("org_units")),
+        org_unit_groups=split_ids(data.get("org_unit_groups")),
+    )
+
+
+@bp.get("/compose/recipient-count")
+def recipient_count() -> Response:
+    """How many people the composer's current choice reaches, for the live count before sending.
+
+    Takes the compose form's own control names as query parameters; answers {count, text,
+    announcement}, or a 4xx {message, field} naming the control at fault (an unknown id, or an
+    organisation unit outside the sender's own units). One COUNT in the database (see
+    `msg.count_recipients`); nothing is written.
+    """
+    user = _me()
+    to = _recipients_from(request.args)
+    descendants = request.args.get("include_descendants") in ("y", "1", "on", "true")
+    try:
+        n = msg.count_recipients(
+            db(), user, to, ou_mode="DESCENDANTS" if descendants else "SELECTED"
+        )
+    except DomainError as exc:
+        field = ComposeForm.domain_fields.get(exc.field or "", exc.field)
+        return _json_error(status_for(exc), exc.message, field)
+    threshold = _settings().announcement_threshold
+    if to.is_empty():
+        text = "No recipients chosen yet."
+    elif n == 0:
+        text = "These choices reach nobody (other than you)."
+    else:
+        text = f"This message will reach {_plural(n, 'person', 'people')}."
+    announcement = n > threshold and request.args.get("reply_mode") != "discussion"
+    if announcement:
+        text += " It will be an announcement: replies come to you only."
+    resp = jsonify({"count": n, "text": text, "announcement": announcement})
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def _render_compose(form: ComposeForm, status: int = 200) -> tuple[str, int]:

@@ -18,14 +18,23 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import Markup
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
+from service import delivery as delivery_svc
 from service import feedback as fb
 from service import messaging as msg
 from service.config import Settings
-from service.models import Conversation, Delivery, Inbox, OrgUnit, User, UserGroup
+from service.models import (
+    Conversation,
+    Delivery,
+    Inbox,
+    OrgUnit,
+    User,
+    UserGroup,
+    user_group_members,
+)
 from service.passwords import hash_password
 from service.system_settings import feedback_group
 from tests import factories as f
@@ -191,6 +200,13 @@ def checked(resp: TestResponse, status: int) -> str:
     return html
 
 
+def tabs(html: str) -> str:
+    """The inbox's folder tabs."""
+    m = re.search(r'<nav class="tabs".*?</nav>', html, re.S)
+    assert m, "no folder tabs"
+    return m.group(0)
+
+
 def flashes(client: FlaskClient) -> str:
     return page(client, "/")
 
@@ -214,6 +230,14 @@ def sent_to(db: Session, sender: User, *recipients: User, subject: str = "Hello"
     )
     deliver(db, sent.delivery.id)
     return sent.conversation
+
+
+def team_and_feedback(db: Session) -> tuple[User, User, User, Conversation]:
+    """Two feedback handlers, a writer, and the writer's feedback "Scale"."""
+    h1, h2 = person(db), person(db)
+    f.feedback_team(db, h1, h2)
+    writer = person(db)
+    return h1, h2, writer, fb.send_feedback(db, writer, "Scale", "Broken")
 
 
 @pytest.fixture
@@ -378,7 +402,8 @@ def test_inbox_filters_unread_followup_search_and_folders(db: Session, app: Flas
     assert "Malaria" not in html and "No conversations" in html
     html = page(client, "/?folder=messages")
     assert "Malaria stock" in html and "Vaccines" in html
-    assert "folder=feedback" not in html  # no Feedback folder for someone with no feedback
+    # No Feedback folder for someone with no feedback.
+    assert "folder=feedback" not in tabs(html)
     assert 'id="f-status"' not in page(client, "/?folder=feedback&status=OPEN")
 
 
@@ -403,7 +428,7 @@ def test_inbox_feedback_folder_and_filters_for_handlers(db: Session, app: Flask)
     # The writer sees a Feedback folder (they have sent some) but no handlers' filters.
     writer_client = signed_in(app, writer)
     html = page(writer_client, "/")
-    assert "folder=feedback" in html
+    assert "folder=feedback" in tabs(html)
     html = page(writer_client, "/?folder=feedback&status=SOLVED")
     assert 'id="f-status"' not in html and "Broken scale" in html  # the filter is ignored
 
@@ -836,10 +861,7 @@ def test_feedback_arrives_open_and_handlers_work_it(db: Session, app: Flask) -> 
 
 
 def test_internal_replies_are_hidden_from_the_feedback_writer(db: Session, app: Flask) -> None:
-    h1, h2 = person(db), person(db)
-    f.feedback_team(db, h1, h2)
-    writer = person(db)
-    conv = fb.send_feedback(db, writer, "Scale", "Broken")
+    h1, h2, writer, conv = team_and_feedback(db)
     handler = signed_in(app, h1)
     resp = handler.post(
         f"/conversations/{conv.uid}/reply",
@@ -920,7 +942,7 @@ def test_header_and_security_headers(db: Session, app: Flask) -> None:
     resp = client.get("/")
     html = resp.get_data(as_text=True)
     assert 'data-unread-count>2</span><span class="visually-hidden"> unread' in html
-    assert 'data-url="/api/me/dashboard"' in html
+    assert 'data-url="/unread-counts"' in html
     assert "Mohamed Koroma" in html and 'action="/logout"' in html
     assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
     assert "<script>" not in html  # no inline scripts: the CSP would refuse them
@@ -938,6 +960,176 @@ def test_signed_out_error_page_and_disabled_user(db: Session, app: Flask) -> Non
     db.execute(User.__table__.update().where(User.id == me.id).values(disabled=True))
     resp = client.get("/")
     assert resp.status_code == 302 and resp.headers["Location"].startswith("/login")
+
+
+# ---------------------------------------------------------------------------------------------
+# The header's unread counts per folder
+
+
+def _failed_delivery(db: Session, sender: User, *recipients: User) -> None:
+    """A send whose every batch gives up: the sender gets the SYSTEM notice."""
+    sent = msg.send_message(
+        db, sender, "Stock report", "Due", msg.Recipients(users=[r.uid for r in recipients])
+    )
+    plan = delivery_svc.plan(db, sent.delivery.id, 10)
+    for seq in plan.batch_seqs:
+        assert delivery_svc.begin_attempt(db, sent.delivery.id, seq, max_attempts=5)
+        delivery_svc.fail_batch(db, sent.delivery.id, seq)
+
+
+def test_header_counts_unread_per_folder(db: Session, app: Flask) -> None:
+    h, other = person(db), person(db)
+    team = f.feedback_team(db, h)
+    writer = person(db)
+    fb.send_feedback(db, writer, "Fridge", "Broken")
+    sent_to(db, other, h)
+    sent_to(db, other, h)
+    _failed_delivery(db, h, person(db))
+    client = signed_in(app, h)
+    resp = client.get("/unread-counts")
+    assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
+    assert resp.get_json() == {
+        "total": 4,
+        "messages": 2,
+        "feedback": 1,
+        "system": 1,
+        "handler": True,
+        "showFeedback": True,
+    }
+    html = page(client, "/")
+    assert 'id="unread-messages" data-unread-folder-count>2<' in html
+    assert 'id="unread-feedback" data-unread-folder-count>1<' in html
+    assert 'id="unread-system" data-unread-folder-count>1<' in html
+    assert re.search(r'id="unread-feedback-item" data-unread-folder="feedback">', html)
+    assert 'href="/?folder=system&amp;unread=1"' in html
+    # Reading one changes the numbers at the next poll.
+    conv = db.scalar(select(Conversation).where(Conversation.subject == "Fridge"))
+    page(client, f"/conversations/{conv.uid}")
+    assert client.get("/unread-counts").get_json()["feedback"] == 0
+    # Leaving the feedback team: the feedback is no longer counted, nor the Feedback count shown.
+    db.execute(user_group_members.delete().where(user_group_members.c.group_id == team.id))
+    fb_conv = fb.send_feedback(db, writer, "Scale", "Broken too")
+    body = client.get("/unread-counts").get_json()
+    assert body["feedback"] == 0 and body["handler"] is False and body["showFeedback"] is False
+    html = page(client, "/")
+    assert re.search(r'id="unread-feedback-item" data-unread-folder="feedback" hidden>', html)
+    assert fb_conv.uid
+
+
+def test_header_counts_never_count_internal_replies(db: Session, app: Flask) -> None:
+    h1, h2, writer, conv = team_and_feedback(db)
+    writer_client = signed_in(app, writer)
+    page(writer_client, f"/conversations/{conv.uid}")
+    msg.reply(db, h1, conv.uid, "Internal note", internal=True)
+    body = writer_client.get("/unread-counts").get_json()
+    assert (body["total"], body["feedback"], body["showFeedback"]) == (0, 0, False)
+    assert signed_in(app, h2).get("/unread-counts").get_json()["feedback"] == 1
+    # A public answer is the writer's to read: their Feedback count appears while it is unread.
+    msg.reply(db, h1, conv.uid, "Fixed on Monday")
+    body = writer_client.get("/unread-counts").get_json()
+    assert (body["feedback"], body["handler"], body["showFeedback"]) == (1, False, True)
+
+
+def test_unread_counts_need_signing_in(db: Session, app: Flask) -> None:
+    resp = app.test_client().get("/unread-counts")
+    assert resp.status_code == 401 and resp.get_json()["message"] == "Sign in first."
+
+
+def test_unread_counts_are_one_statement(db: Session, app: Flask) -> None:
+    me = person(db)
+    counted: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if "inbox" in statement.lower():
+            counted.append(statement)
+
+    engine = db.get_bind().engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert msg.unread_counts(db, me).total == 0
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(counted) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The composer's live recipient count
+
+
+def test_recipient_count_follows_delivery_rules(
+    db: Session, app: Flask, tree: dict[str, OrgUnit]
+) -> None:
+    sender = person(db, units=(tree["district"],))
+    in_district = f.user(db, units=(tree["district"],))
+    in_facility = f.user(db, units=(tree["facility"],))
+    f.user(db, units=(tree["facility"],), disabled=True)
+    both = f.user(db, units=(tree["facility"],))
+    group = f.user_group(db, members=(both, in_district, sender))
+    ou_group = f.org_unit_group(db, (tree["facility"],))
+    client = signed_in(app, sender)
+
+    def count(**args: str) -> Any:
+        resp = client.get("/compose/recipient-count", query_string=args)
+        return resp.status_code, resp.get_json()
+
+    assert count() == (
+        200,
+        {"count": 0, "text": "No recipients chosen yet.", "announcement": False},
+    )
+    # The unit itself only; the sender is not counted.
+    assert count(org_units=tree["district"].uid)[1]["count"] == 1
+    # With the units below: the disabled user is not counted.
+    status, body = count(org_units=tree["district"].uid, include_descendants="y")
+    assert (status, body["count"]) == (200, 3)
+    assert body["text"] == "This message will reach 3 people."
+    # Several routes to one person count once.
+    ids = f"{both.uid} {in_facility.uid}"
+    assert count(users=ids, user_groups=group.uid, org_unit_groups=ou_group.uid)[1]["count"] == 3
+    assert count(users=in_facility.uid)[1]["text"] == "This message will reach 1 person."
+
+
+def test_recipient_count_refusals_name_the_control(
+    db: Session, make_app: Callable[..., Flask], tree: dict[str, OrgUnit]
+) -> None:
+    app = make_app(announcement_threshold=1)
+    sender = person(db, units=(tree["district"],))
+    f.user(db, units=(tree["other"],))
+    f.user(db, units=(tree["facility"],))
+    f.user(db, units=(tree["facility"],))
+    client = signed_in(app, sender)
+    resp = client.get("/compose/recipient-count", query_string={"org_units": tree["other"].uid})
+    assert resp.status_code == 403
+    assert resp.get_json()["field"] == "org_units"
+    assert "within your own assigned units" in resp.get_json()["message"]
+    resp = client.get("/compose/recipient-count", query_string={"users": "nosuchuser1"})
+    assert resp.status_code == 409 and resp.get_json()["field"] == "users"
+    too_many = " ".join(f"u{i:010d}" for i in range(msg.MAX_RECIPIENT_IDS + 1))
+    resp = client.get("/compose/recipient-count", query_string={"users": too_many})
+    assert resp.status_code == 400
+    # Large enough to be an announcement, unless a discussion is asked for.
+    args = {"org_units": tree["district"].uid, "include_descendants": "y"}
+    body = client.get("/compose/recipient-count", query_string=args).get_json()
+    assert body["announcement"] is True and "announcement" in body["text"]
+    args["reply_mode"] = "discussion"
+    assert (
+        client.get("/compose/recipient-count", query_string=args).get_json()["announcement"]
+        is False
+    )
+    # A broadcaster may count anywhere; nobody signed out may count at all.
+    broadcaster = signed_in(app, person(db, broadcaster=True))
+    resp = broadcaster.get(
+        "/compose/recipient-count",
+        query_string={"org_units": tree["country"].uid, "include_descendants": "y"},
+    )
+    assert resp.get_json()["count"] == 4  # the three users and the first sender
+    assert app.test_client().get("/compose/recipient-count").status_code == 401
+    # Counting wrote nothing.
+    assert db.scalar(select(func.count()).select_from(Delivery)) == 0
+
+
+def test_compose_page_has_the_live_count(db: Session, app: Flask) -> None:
+    html = page(signed_in(app, person(db)), "/compose")
+    assert 'id="recipient-count"' in html and 'data-url="/compose/recipient-count"' in html
 
 
 @pytest.fixture(autouse=True)

@@ -78,18 +78,30 @@
     schedule();
   }
 
-  /* Header: the unread badge, refreshed every 10 s from /api/me/dashboard. */
+  /* Header: the unread badge and the counts per folder, refreshed every 10 s from
+     /unread-counts (one query on the server). */
   function initUnreadBadge() {
     var badge = document.querySelector("[data-unread-badge]");
     if (!badge) {
       return;
     }
     var count = badge.querySelector("[data-unread-count]");
+    var folders = document.querySelectorAll("[data-unread-folder]");
     poll(function () {
       return getJSON(badge.getAttribute("data-url")).then(function (body) {
-        var n = Number(body.unreadMessageConversations) || 0;
+        var n = Number(body.total) || 0;
         count.textContent = String(n);
         badge.hidden = n === 0;
+        Array.prototype.forEach.call(folders, function (item) {
+          var key = item.getAttribute("data-unread-folder");
+          var k = Number(body[key]) || 0;
+          var num = item.querySelector("[data-unread-folder-count]");
+          num.textContent = String(k);
+          num.classList.toggle("zero", k === 0);
+          if (key === "feedback") {
+            item.hidden = !body.showFeedback;
+          }
+        });
       });
     }, 10000);
   }
@@ -191,6 +203,12 @@
       input.value = current.join(" ");
       renderChips();
       status.textContent = name + " added.";
+      changed();
+    }
+
+    // Tell the live recipient count (which listens for input events) the value has changed.
+    function changed() {
+      input.dispatchEvent(new Event("input", { bubbles: true }));
     }
 
     function remove(id) {
@@ -200,6 +218,7 @@
         })
         .join(" ");
       renderChips();
+      changed();
       status.textContent = (names[id] || id) + " removed.";
       search.focus();
     }
@@ -391,6 +410,80 @@
     });
   }
 
+  /* Compose: a live count of the people the chosen recipients reach, asked of the server (one
+     COUNT there) a moment after the choice last changed. */
+  function initRecipientCount() {
+    var out = document.querySelector("[data-recipient-count]");
+    var form = out && out.closest("form");
+    if (!form) {
+      return;
+    }
+    var names = ["users", "user_groups", "org_units", "org_unit_groups"];
+    var timer = null;
+    var seq = 0;
+
+    function update() {
+      var params = new URLSearchParams();
+      names.forEach(function (name) {
+        var input = form.elements[name];
+        if (input && input.value.trim()) {
+          params.set(name, input.value.trim());
+        }
+      });
+      var desc = form.elements.include_descendants;
+      if (desc && desc.checked) {
+        params.set("include_descendants", "y");
+      }
+      var mode = form.querySelector('input[name="reply_mode"]:checked');
+      if (mode) {
+        params.set("reply_mode", mode.value);
+      }
+      var mine = ++seq;
+      out.hidden = false;
+      out.classList.remove("is-error");
+      out.textContent = "Counting recipients…";
+      fetch(out.getAttribute("data-url") + "?" + params.toString(), {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      })
+        .then(function (resp) {
+          return resp.json().then(function (body) {
+            return { ok: resp.ok, body: body };
+          });
+        })
+        .then(function (r) {
+          if (mine !== seq) {
+            return; // a newer count has started
+          }
+          out.classList.toggle("is-error", !r.ok);
+          out.setAttribute("data-count", r.ok ? String(r.body.count) : "");
+          out.textContent = r.ok ? r.body.text : r.body.message;
+        })
+        .catch(function () {
+          if (mine === seq) {
+            out.textContent = "The number of recipients cannot be counted right now.";
+          }
+        });
+    }
+
+    function later() {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(update, 400);
+    }
+
+    form.addEventListener("input", function (ev) {
+      if (names.indexOf(ev.target.name) !== -1) {
+        later();
+      }
+    });
+    form.addEventListener("change", function (ev) {
+      if (ev.target.name === "include_descendants" || ev.target.name === "reply_mode" || names.indexOf(ev.target.name) !== -1) {
+        later();
+      }
+    });
+    update();
+  }
+
   /* Inbox: a "select all" box for the page, added only when scripts run. */
   function initBulk() {
     var form = document.querySelector("[data-bulk]");
@@ -452,6 +545,7 @@
     initUnreadBadge();
     initDelivery();
     Array.prototype.forEach.call(document.querySelectorAll("[data-picker]"), initPicker);
+    initRecipientCount();
     initBulk();
     initConfirm();
     initTimes();
