@@ -14,8 +14,9 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # When set, `make test` writes pytest's exit code there (.ci/run reports it as its own).
 PYTEST_RC_FILE ?=
-# Debian packages that some target needs (browser tests will need: chromium chromium-driver).
-APT_PACKAGES ?=
+# Debian packages that some target needs: `chromium` for the browser tests (tests/browser drive it
+# with Playwright through executable_path=/usr/bin/chromium; nothing downloads a browser build).
+APT_PACKAGES ?= chromium
 
 # The first of these that is a Python in the range pyproject.toml allows (>=3.11,<3.13).
 # Evaluated only when the virtualenv is made; a pyenv shim for an inactive version fails the check.
@@ -35,7 +36,8 @@ LOAD_DURATION ?= 3m
 .PHONY: help install system-packages run test lint migrate clean bench load
 
 help:
-	@echo "make install   create $(VENV) and install the project with its test, dev, bench and load tools"
+	@echo "make install   create $(VENV) and install the project with its test, dev, bench and load tools,"
+	@echo "               and the Debian packages the tests need ($(APT_PACKAGES))"
 	@echo "make run       the demo on http://127.0.0.1:$${PORT:-5000}/ (Ctrl-C stops it)"
 	@echo "make test      the whole test suite; PYTEST_ARGS='...' passes arguments to pytest"
 	@echo "make lint      ruff check and ruff format --check"
@@ -73,7 +75,7 @@ system-packages:
 run: install
 	$(BIN)/python scripts/run_demo.py
 
-test: install
+test: install system-packages
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ -n "$(PYTEST_RC_FILE)" ]; then echo $$rc > "$(PYTEST_RC_FILE)"; fi; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): a failure" >&2; fi; \
