@@ -6,15 +6,16 @@ Every function takes the session first and never commits: the caller does.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db import insert_ignore, new_uid
-from service.errors import Conflict, InvalidInput, UnknownReference
+from service.errors import Conflict, Forbidden, InvalidInput, NotFound, UnknownReference
 from service.models import OrgUnit, User, UserGroup, user_group_members, user_org_units
-from service.passwords import check_new_password, hash_password
+from service.passwords import check_new_password, hash_password, verify_password
 
 MAX_USERNAME_LENGTH = 255
 
@@ -155,3 +156,113 @@ def update_user(
     _add_memberships(session, user.id, org_unit_ids, group_ids)
     session.expire(user, ["org_units", "groups"])
     return user
+
+
+# ---------------------------------------------------------------------------------------------
+# Administrators manage accounts; everyone changes their own password
+
+MAX_QUERY_LENGTH = 100
+
+
+@dataclass(frozen=True)
+class UserPage:
+    items: list[User]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def page_count(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+
+def _require_admin(actor: User) -> None:
+    if not actor.is_admin or actor.disabled:
+        raise Forbidden("Only administrators may manage users.")
+
+
+def _like(value: str) -> str:
+    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def find_users(
+    session: Session, actor: User, query: str = "", *, page: int = 1, page_size: int = 25
+) -> UserPage:
+    """Users whose username, first name, surname or uid matches every word of `query`, by
+    username, one page of them and the total: two statements, the search in SQL. Forbidden
+    unless `actor` is an administrator. Disabled users are found too (to be enabled again)."""
+    _require_admin(actor)
+    words = query.split()[:5] if query else []
+    cond = []
+    for word in words:
+        pattern = _like(word.lower()[:MAX_QUERY_LENGTH])
+        cond.append(
+            or_(
+                func.lower(User.username).like(pattern, escape="\\"),
+                func.lower(User.first_name).like(pattern, escape="\\"),
+                func.lower(User.surname).like(pattern, escape="\\"),
+                User.uid == word,
+            )
+        )
+    total = session.scalar(select(func.count()).select_from(User).where(*cond)) or 0
+    items = session.scalars(
+        select(User)
+        .where(*cond)
+        .order_by(User.username, User.id)
+        .offset(max(0, page - 1) * page_size)
+        .limit(page_size)
+    ).all()
+    return UserPage(items=list(items), total=int(total), page=page, page_size=page_size)
+
+
+def get_user_by_uid(session: Session, actor: User, uid: str) -> User:
+    """The user with this uid, for an administrator; Forbidden for anyone else."""
+    _require_admin(actor)
+    user = session.scalar(select(User).where(User.uid == uid))
+    if user is None:
+        raise NotFound(f"User does not exist: {uid}", field="id")
+    return user
+
+
+def set_access(
+    session: Session,
+    actor: User,
+    target: User,
+    *,
+    disabled: bool | None = None,
+    admin: bool | None = None,
+    broadcaster: bool | None = None,
+) -> User:
+    """An administrator enables or disables `target`, or grants or revokes its administrator or
+    broadcaster role (None keeps a flag). Nobody disables themselves or drops their own
+    administrator role (Conflict): so at least one active administrator always remains, and an
+    administrator cannot lock themselves out by a slip. Flushes; the caller commits."""
+    _require_admin(actor)
+    if target.id == actor.id and disabled:
+        raise Conflict("You cannot disable your own account.", field="disabled")
+    if target.id == actor.id and admin is False:
+        raise Conflict(
+            "You cannot remove your own administrator role; ask another administrator.",
+            field="admin",
+        )
+    return update_user(session, target, disabled=disabled, admin=admin, broadcaster=broadcaster)
+
+
+def reset_password(session: Session, actor: User, target: User, password: str) -> User:
+    """An administrator sets `target`'s password (the new-password rules apply: InvalidInput
+    naming `password`). Flushes; the caller commits."""
+    _require_admin(actor)
+    return update_user(session, target, password=password)
+
+
+def change_own_password(session: Session, user: User, current: str, new: str) -> User:
+    """`user` changes their own password: the current one must be right (InvalidInput naming
+    `current_password`), the new one must follow the rules and differ from it (naming
+    `password`). Flushes; the caller commits."""
+    if not verify_password(current, user.password_hash):
+        raise InvalidInput("Your current password is not right.", field="current_password")
+    if new == current:
+        raise InvalidInput(
+            "The new password must be different from the current one.", field="password"
+        )
+    return update_user(session, user, password=new)

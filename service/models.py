@@ -179,6 +179,18 @@ class SystemSetting(Base):
     value: Mapped[str] = mapped_column(String(1000))
 
 
+class LoginFailure(Base):
+    """Recent failed sign-ins for one key (`user:<username>` or `ip:<address>`): the memory of
+    the sign-in lockout, kept in the database so that every web worker sees the same counts."""
+
+    __tablename__ = "login_failure"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
 class Conversation(Base):
     __tablename__ = "conversation"
 

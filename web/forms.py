@@ -175,3 +175,58 @@ class SettingsForm(PageForm):
         "Feedback recipients user group",
         render_kw={"autocomplete": "off", "spellcheck": "false"},
     )
+
+
+def _new_password(label: str) -> Any:
+    return PasswordField(
+        label, render_kw={"autocomplete": "new-password", "required": True, "maxlength": 72}
+    )
+
+
+class NewPasswordForm(PageForm):
+    """A new password typed twice: an administrator's reset of someone's password."""
+
+    domain_fields: ClassVar[dict[str, str]] = {"password": "new_password"}
+
+    new_password = _new_password("New password")
+    confirm_password = _new_password("New password again")
+
+    def check_confirmation(self) -> bool:
+        """Whether the two new passwords are there and match; if not, say so next to them."""
+        ok = True
+        if not self.new_password.data:
+            self.show_error("new_password", "Enter the new password.")
+            ok = False
+        if self.new_password.data and self.confirm_password.data != self.new_password.data:
+            self.show_error("confirm_password", "The two new passwords are not the same.")
+            ok = False
+        return ok
+
+    def clear_passwords(self) -> None:
+        """Passwords are never sent back in a page."""
+        for f in self._fields.values():
+            if isinstance(f, PasswordField):
+                f.data = ""
+
+
+class ChangePasswordForm(NewPasswordForm):
+    """My own password: the current one first."""
+
+    domain_fields: ClassVar[dict[str, str]] = {
+        "password": "new_password",
+        "current_password": "current_password",
+    }
+
+    current_password = PasswordField(
+        "Current password", render_kw={"autocomplete": "current-password", "required": True}
+    )
+    # Declared again so that they follow the current password on the page and in the summary.
+    new_password = _new_password("New password")
+    confirm_password = _new_password("New password again")
+
+    def check_confirmation(self) -> bool:
+        ok = True
+        if not self.current_password.data:
+            self.show_error("current_password", "Enter your current password.")
+            ok = False
+        return super().check_confirmation() and ok

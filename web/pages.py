@@ -11,6 +11,7 @@ submitted form re-renders that form with the message next to the control and not
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,7 +34,9 @@ from sqlalchemy import func, or_, select
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
+from service import accounts
 from service import feedback as fb
+from service import login_throttle as throttle
 from service import messaging as msg
 from service.errors import DomainError, Forbidden, InvalidInput
 from service.models import (
@@ -50,10 +53,12 @@ from web.app import db
 from web.auth import authenticate
 from web.errors import status_for
 from web.forms import (
+    ChangePasswordForm,
     ComposeForm,
     FeedbackForm,
     HandlingForm,
     LoginForm,
+    NewPasswordForm,
     PageForm,
     ReplyForm,
     SettingsForm,
@@ -280,10 +285,27 @@ def login() -> Any:
         if not password:
             form.show_error("password", "Enter your password.")
         if username and password:
+            session = db()
+            # The lockout is kept in the database (service/login_throttle.py): every gunicorn
+            # worker sees the same counts. While locked, the password is not even checked.
+            wait = throttle.locked_for(session, username, request.remote_addr)
+            if wait is not None:
+                minutes = max(1, math.ceil(wait.total_seconds() / 60))
+                form.show_error(
+                    None,
+                    "Too many failed sign-in attempts. Wait "
+                    f"{_plural(minutes, 'minute', 'minutes')} and try again.",
+                )
+                form.password.data = ""
+                return render_template("login.html", form=form, title="Sign in"), 429
             user = authenticate(username, password)
             if user is not None:
+                throttle.record_success(session, username)
+                session.commit()
                 login_user(user)
                 return redirect(safe_next(form.next.data, url_for("pages.inbox")))
+            throttle.record_failure(session, username, request.remote_addr)
+            session.commit()
             form.show_error(None, "The username or password is not right. Please try again.")
     form.password.data = ""
     return render_template("login.html", form=form, title="Sign in"), FORM_ERROR
@@ -860,5 +882,144 @@ def settings() -> Any:
             q=q,
             found=found,
         ),
+        status,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Users (administrators)
+
+USERS_PAGE_SIZE = 25
+# action -> (the flags it sets, what is said afterwards)
+ACCESS_ACTIONS: dict[str, tuple[dict[str, bool], str]] = {
+    "disable": ({"disabled": True}, "{name} is disabled and can no longer sign in."),
+    "enable": ({"disabled": False}, "{name} is enabled and can sign in again."),
+    "grant_admin": ({"admin": True}, "{name} is now an administrator."),
+    "revoke_admin": ({"admin": False}, "{name} is no longer an administrator."),
+    "grant_broadcaster": (
+        {"broadcaster": True},
+        "{name} is now a broadcaster and may send to any organisation unit.",
+    ),
+    "revoke_broadcaster": ({"broadcaster": False}, "{name} is no longer a broadcaster."),
+}
+
+
+def _to_user(uid: str) -> Response:
+    """Back to a user's page, keeping the way back to the search the administrator came from."""
+    back = safe_next(request.form.get("back"), "") or None
+    return redirect(url_for("pages.user_detail", uid=uid, back=back))
+
+
+def _page_number(raw: str | None) -> int:
+    try:
+        return max(1, min(int(raw or "1"), 1_000_000))
+    except ValueError:
+        return 1
+
+
+@bp.get("/settings/users")
+def users() -> Any:
+    """Find users by username, name or id (server-side, a page at a time)."""
+    me = _me()
+    q = request.args.get("q", "").strip()[: accounts.MAX_QUERY_LENGTH]
+    page_no = _page_number(request.args.get("page"))
+    result = accounts.find_users(db(), me, q, page=page_no, page_size=USERS_PAGE_SIZE)
+    if not result.items and page_no > result.page_count:
+        return redirect(url_for("pages.users", q=q or None, page=result.page_count))
+    return render_template("users.html", title="Users", nav="settings", result=result, q=q, me=me)
+
+
+def _render_user(
+    me: User, target: User, form: NewPasswordForm | None = None, status: int = 200
+) -> tuple[str, int]:
+    if form is None:
+        form = NewPasswordForm(formdata=None)
+    body = render_template(
+        "user.html",
+        title=f"User {target.display_name}",
+        nav="settings",
+        target=target,
+        me=me,
+        form=form,
+        back=safe_next(request.values.get("back"), url_for("pages.users")),
+    )
+    return body, status
+
+
+@bp.get("/settings/users/<uid>")
+def user_detail(uid: str) -> Any:
+    me = _me()
+    return _render_user(me, accounts.get_user_by_uid(db(), me, uid))
+
+
+@bp.post("/settings/users/<uid>/access")
+def user_access(uid: str) -> Any:
+    """Enable or disable a user, or grant or revoke a role. One action per post."""
+    me = _me()
+    session = db()
+    target = accounts.get_user_by_uid(session, me, uid)
+    action = request.form.get("action", "")
+    if action not in ACCESS_ACTIONS:
+        flash("Choose what to change for this user.", "error")
+        return _to_user(uid)
+    flags, done = ACCESS_ACTIONS[action]
+    try:
+        accounts.set_access(session, me, target, **flags)
+    except DomainError as exc:
+        session.rollback()
+        flash(exc.message, "error")
+        return _to_user(uid)
+    session.commit()
+    flash(done.format(name=target.display_name), "success")
+    return _to_user(uid)
+
+
+@bp.post("/settings/users/<uid>/password")
+def user_password(uid: str) -> Any:
+    """An administrator sets a new password for someone (told to them by other means)."""
+    me = _me()
+    session = db()
+    target = accounts.get_user_by_uid(session, me, uid)
+    form = NewPasswordForm()
+    if form.validate_on_submit() and form.check_confirmation():
+        try:
+            accounts.reset_password(session, me, target, form.new_password.data or "")
+        except DomainError as exc:
+            _owned_or_raise(form, exc)
+        else:
+            session.commit()
+            flash(f"The password of {target.display_name} was changed.", "success")
+            return _to_user(uid)
+    form.clear_passwords()
+    return _render_user(me, target, form, FORM_ERROR)
+
+
+# ---------------------------------------------------------------------------------------------
+# My account
+
+
+@bp.route("/account", methods=["GET", "POST"])
+def account() -> Any:
+    """My own details, and changing my own password."""
+    me = _me()
+    session = db()
+    form = ChangePasswordForm()
+    status = 200
+    if request.method == "POST":
+        status = FORM_ERROR
+        if form.validate_on_submit() and form.check_confirmation():
+            try:
+                accounts.change_own_password(
+                    session, me, form.current_password.data or "", form.new_password.data or ""
+                )
+            except DomainError as exc:
+                _owned_or_raise(form, exc)
+            else:
+                session.commit()
+                flash("Your password was changed.", "success")
+                return redirect(url_for("pages.account"))
+        form.clear_passwords()
+    return (
+        render_template("account.html", title="My account", nav="account", form=form, me=me),
         status,
     )
