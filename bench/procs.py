@@ -220,3 +220,31 @@ class RssSampler:
     @property
     def peak_mb(self) -> float:
         return round(self.peak_bytes / 2**20, 1)
+
+
+class LoadSampler:
+    """The machine's 1-minute load average every `interval` seconds while a run lasts (the
+    machine may be shared: this says how busy it was)."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self._interval = interval
+        self._stop = threading.Event()
+        self.samples: list[float] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(round(os.getloadavg()[0], 2))
+            self._stop.wait(self._interval)
+
+    def summary(self) -> dict[str, float]:
+        s = sorted(self.samples) or [float("nan")]
+        return {"min": s[0], "median": s[len(s) // 2], "max": s[-1], "samples": len(self.samples)}

@@ -37,6 +37,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _load_during(m: dict[str, Any]) -> str:
+    d = m.get("load_avg_1min_during_run")
+    if not d:
+        return ""
+    return f", 1-minute load during the run {d['min']}-{d['max']} (median {d['median']})"
+
+
 def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
@@ -44,8 +51,9 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Command: `{res['command']}`. Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB "
         f"RAM, PostgreSQL {m['postgresql']}, Redis {m['redis']}, SQLite {m['sqlite']}, Python "
-        f"{m['python']}; load average at start {m['load_avg_at_start']} (the machine is shared, "
-        "so compare the ratios, measured in one run, more than the absolute times).",
+        f"{m['python']}; load average at start {m['load_avg_at_start']}{_load_during(m)} (the "
+        "machine is shared, so compare the ratios, measured in one run, more than the absolute "
+        "times).",
         "",
         "## One broadcast to the whole country",
         "",

@@ -44,7 +44,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from bench import generate
-from bench.procs import ROOT, RssSampler, private_redis, start_web, start_worker
+from bench.procs import ROOT, LoadSampler, RssSampler, private_redis, start_web, start_worker
 from service.db import make_engine, utcnow
 from service.demo import ADMIN, DEMO_PASSWORD, SIERRA_LEONE
 from service.models import Conversation, Inbox, User
@@ -357,8 +357,8 @@ def service(url: str, broker: str, work_dir: Path, batch_size: int | None) -> It
 
 
 @contextlib.contextmanager
-def workers(svc: Service, log_dir: Path) -> Iterator[list[int]]:
-    bulk = start_worker(svc.env, log_dir, "bulk", "bulk", 2, beat=False)
+def workers(svc: Service, log_dir: Path, bulk_processes: int = 2) -> Iterator[list[int]]:
+    bulk = start_worker(svc.env, log_dir, "bulk", "bulk", bulk_processes, beat=False)
     inter = None
     try:
         inter = start_worker(svc.env, log_dir, "interactive", "interactive", 1, beat=True)
@@ -717,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--postman-max", type=int, default=None, help="default: --size")
     p.add_argument("--repeats", type=int, default=30, help="samples per latency")
     p.add_argument("--batch-size", type=int, default=None, help="DELIVERY_BATCH_SIZE")
+    p.add_argument("--bulk-processes", type=int, default=2, help="bulk worker's pool size")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--fresh", action="store_true", help="regenerate the data sets")
@@ -737,6 +738,24 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench.run", *(argv or sys.argv[1:])]),
     }
     log(f"bench: size {size:,}, naive {naive_size:,}, sqlite {sqlite_size:,}; work dir {work}")
+    with LoadSampler() as load:
+        run_all(args, res, work, skip)
+    res["machine"]["load_avg_1min_during_run"] = load.summary()
+    res["total_run_s"] = round(time.perf_counter() - started, 1)
+    missing = [k for k in REQUIRED_KEYS if k not in res]
+    assert not missing, missing
+    from bench.report import write_results
+
+    paths = write_results(res, args.out)
+    log("wrote " + ", ".join(str(p) for p in paths))
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def run_all(args: argparse.Namespace, res: dict[str, Any], work: Path, skip: set[str]) -> None:
+    """Every measurement, into `res`."""
+    size, naive_size, sqlite_size = res["size"], res["naive_size"], res["sqlite_size"]
 
     # PostgreSQL at SIZE: floor, ours, latencies.
     url = prepare_pg(size, args.fresh)
@@ -747,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         log("floor")
         res["floor_s"], res["floor_rows"] = run_floor(url)
         log(f"floor: {res['floor_rows']:,} rows in {res['floor_s']:.2f}s")
-        with workers(svc, work) as pids, RssSampler(pids) as rss:
+        with workers(svc, work, args.bulk_processes) as pids, RssSampler(pids) as rss:
             log("ours (with interactive work alongside)")
             ours = broadcast(svc, res["floor_rows"], interactive=True)
             rss.sample()
@@ -774,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         with private_redis(work) as broker, service(nurl, broker, work, args.batch_size) as svc:
             nfloor_s, nrows = run_floor(nurl)
             res["floor_at_naive_size_s"] = round(nfloor_s, 3)
-            with workers(svc, work):
+            with workers(svc, work, args.bulk_processes):
                 ours_n = broadcast(svc, nrows, interactive=False)
         res["ours_at_naive_size_s"] = round(ours_n["seconds"], 3)
         log(f"ours at {naive_size:,}: {ours_n['seconds']:.2f}s; naive next")
@@ -812,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         with (
             private_redis(work) as broker,
             service(surl, broker, work, args.batch_size) as svc,
-            workers(svc, work),
+            workers(svc, work, args.bulk_processes),
         ):
             sq = broadcast(svc, srows, interactive=False)
         res["sqlite_ours_s"] = round(sq["seconds"], 3)
@@ -825,16 +844,6 @@ def main(argv: list[str] | None = None) -> int:
     res["floor_s"] = round(res["floor_s"], 3)
     res["floor_rows_per_s"] = round(res["floor_rows"] / res["floor_s"])
     res["ours_rows_per_s"] = round(res["floor_rows"] / res["ours_s"])
-    res["total_run_s"] = round(time.perf_counter() - started, 1)
-    missing = [k for k in REQUIRED_KEYS if k not in res]
-    assert not missing, missing
-    from bench.report import write_results
-
-    paths = write_results(res, args.out)
-    log("wrote " + ", ".join(str(p) for p in paths))
-    if args.work_dir is None:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":
