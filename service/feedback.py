@@ -6,6 +6,8 @@ membership at the time of reading. Functions take the session first and never co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
@@ -130,22 +132,86 @@ def set_priority(session: Session, user: User, uid: str, priority: object) -> Co
 def set_assignee(session: Session, user: User, uid: str, assignee_uid: str | None) -> Conversation:
     """Assign a feedback conversation to a handler, or unassign it with None (handlers only)."""
     conv = _handled(session, user, uid)
-    assignee_id = None
-    if assignee_uid is not None:
-        assignee = session.scalar(select(User).where(User.uid == assignee_uid))
-        if assignee is None or assignee.disabled:
-            raise NotFound(f"User does not exist: {assignee_uid}", field="assignee")
-        if not is_handler(session, assignee.id):
-            raise Conflict(
-                "The assignee must be a member of the feedback recipients group.",
-                field="assignee",
-            )
-        assignee_id = assignee.id
+    assignee_id = _assignee_id(session, assignee_uid)
     session.execute(
         update(Conversation).where(Conversation.id == conv.id).values(assignee_id=assignee_id)
     )
     session.refresh(conv)
     return conv
+
+
+def _assignee_id(session: Session, assignee_uid: str | None) -> int | None:
+    """The internal id of a possible assignee (a current, enabled handler), None for nobody."""
+    if assignee_uid is None:
+        return None
+    assignee = session.scalar(select(User).where(User.uid == assignee_uid))
+    if assignee is None or assignee.disabled:
+        raise NotFound(f"User does not exist: {assignee_uid}", field="assignee")
+    if not is_handler(session, assignee.id):
+        raise Conflict(
+            "The assignee must be a member of the feedback recipients group.",
+            field="assignee",
+        )
+    return assignee.id
+
+
+MAX_TRIAGE_IDS = 1_000
+
+
+def triage(
+    session: Session,
+    user: User,
+    uids: Sequence[str],
+    *,
+    status: object = None,
+    priority: object = None,
+    assign: bool = False,
+    assignee_uid: str | None = None,
+) -> int:
+    """Set the status, priority and/or assignee (with `assign`; None unassigns) of every listed
+    feedback conversation in one UPDATE: all of them or none. Handlers only (Forbidden);
+    InvalidInput naming `ids` when one of them is not feedback or does not exist, naming the
+    value at fault otherwise; nothing is changed then. Returns how many were set. The caller
+    commits."""
+    if not is_handler(session, user.id):
+        raise Forbidden("Only feedback handlers may change this.", field="id")
+    wanted = list(dict.fromkeys(u for u in uids if isinstance(u, str)))
+    if not wanted:
+        raise InvalidInput("Select at least one feedback conversation.", field="ids")
+    if len(wanted) > MAX_TRIAGE_IDS:
+        raise InvalidInput(f"At most {MAX_TRIAGE_IDS} conversations at once.", field="ids")
+    values: dict[str, object] = {}
+    if status is not None:
+        values["status"] = _parse(
+            status, Status, TICKET_STATUSES, "messageConversationStatus"
+        ).value
+    if priority is not None:
+        values["priority"] = _parse(
+            priority, Priority, tuple(Priority), "messageConversationPriority"
+        ).value
+    if assign:
+        values["assignee_id"] = _assignee_id(session, assignee_uid)
+    if not values:
+        raise InvalidInput("Choose a status, priority or assignee.")
+    # Handlers see every feedback conversation, so "is it feedback" is all there is to check.
+    tickets = set(
+        session.scalars(
+            select(Conversation.id).where(
+                Conversation.uid.in_(wanted),
+                Conversation.message_type == MessageType.TICKET.value,
+            )
+        )
+    )
+    if len(tickets) != len(wanted):
+        others = len(wanted) - len(tickets)
+        raise InvalidInput(
+            f"{others} of the selected conversations {'is' if others == 1 else 'are'} not "
+            "feedback: only feedback has a status, priority and assignee. Nothing was changed.",
+            field="ids",
+        )
+    # The ORM brings conversations already loaded in the session up to date as well.
+    session.execute(update(Conversation).where(Conversation.id.in_(tickets)).values(**values))
+    return len(tickets)
 
 
 def handlers_exist(session: Session) -> bool:

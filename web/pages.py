@@ -422,6 +422,7 @@ def inbox() -> Any:
         folders=[(key, FOLDERS[key][0]) for key in folders],
         statuses=STATUS_FILTERS,
         priorities=PRIORITY_FILTERS,
+        triage_choices=_triage_choices(session) if handler else None,
         me=user,
     )
 
@@ -435,6 +436,44 @@ BULK_ACTIONS = {
 }
 
 
+TRIAGE_ACTIONS = ("status", "priority", "assign")
+
+
+def _triage_choices(session: Any) -> dict[str, list[tuple[str, str]]]:
+    """(value, label) options of the inbox's bulk status, priority and assignee controls."""
+    return {
+        "status": [(s, s.title()) for s in STATUS_FILTERS],
+        "priority": [(p, p.title()) for p in PRIORITY_FILTERS],
+        "assignee": [("", "Nobody")] + [(m.uid, m.display_name) for m in fb.handlers(session)],
+    }
+
+
+def _triage(user: User, ids: list[str], action: str, back: str) -> Response:
+    """A handler sets the status, priority or assignee of every selected feedback conversation
+    in one statement: all of them or, with a message saying why, none."""
+    session = db()
+    form = request.form
+    try:
+        if action == "status":
+            n = fb.triage(session, user, ids, status=form.get("set_status", ""))
+            done = f"Status set to {form.get('set_status', '').title()} on {{n}}."
+        elif action == "priority":
+            n = fb.triage(session, user, ids, priority=form.get("set_priority", ""))
+            done = f"Priority set to {form.get('set_priority', '').title()} on {{n}}."
+        else:
+            assignee = form.get("set_assignee") or None
+            n = fb.triage(session, user, ids, assign=True, assignee_uid=assignee)
+            who = session.scalar(select(User).where(User.uid == assignee)) if assignee else None
+            done = f"Assigned {{n}} to {who.display_name}." if who else "Unassigned {n}."
+    except DomainError as exc:
+        session.rollback()
+        flash(exc.message, "error")
+        return redirect(back)
+    session.commit()
+    flash(done.format(n=_conversations(n)), "success")
+    return redirect(back)
+
+
 def _conversations(n: int) -> str:
     return "1 conversation" if n == 1 else f"{n} conversations"
 
@@ -446,14 +485,16 @@ def inbox_actions() -> Response:
     back = safe_next(request.form.get("next"), url_for("pages.inbox"))
     action = request.form.get("action", "")
     ids = [i for i in request.form.getlist("ids") if i][: msg.MAX_RECIPIENT_IDS]
-    if action not in BULK_ACTIONS:
+    if action not in BULK_ACTIONS and action not in TRIAGE_ACTIONS:
         flash("Choose what to do with the selected conversations.", "error")
         return redirect(back)
     if not ids:
         flash("Select at least one conversation first.", "error")
         return redirect(back)
-    fn_name, kwargs, done_text = BULK_ACTIONS[action]
     session = db()
+    if action in TRIAGE_ACTIONS:
+        return _triage(user, ids, action, back)
+    fn_name, kwargs, done_text = BULK_ACTIONS[action]
     done = getattr(msg, fn_name)(session, user, ids, **kwargs)
     session.commit()
     flash(done_text.format(n=_conversations(len(done))), "success")

@@ -963,6 +963,86 @@ def test_signed_out_error_page_and_disabled_user(db: Session, app: Flask) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
+# Handlers triage several feedback conversations at once
+
+
+def _ticket_states(db: Session, *convs: Conversation) -> list[tuple[str, str, int | None]]:
+    db.expire_all()
+    out = []
+    for c in convs:
+        got = db.get(Conversation, c.id)
+        assert got is not None
+        out.append((got.status, got.priority, got.assignee_id))
+    return out
+
+
+def test_handlers_set_status_priority_and_assignee_of_the_selected(db: Session, app: Flask) -> None:
+    h1, h2, writer, one = team_and_feedback(db)
+    h2.first_name, h2.surname = "Ibrahim", "Conteh"
+    two = fb.send_feedback(db, writer, "Late salary", "Two months")
+    untouched = fb.send_feedback(db, writer, "Other", "Not selected")
+    client = signed_in(app, h1)
+    html = page(client, "/?folder=feedback")
+    assert 'id="bulk-triage"' in html and 'id="bulk-status"' in html
+    assert f'<option value="{h2.uid}">Ibrahim Conteh</option>' in html
+    ids = [one.uid, two.uid]
+    resp = client.post(
+        "/inbox/actions",
+        data={"action": "status", "set_status": "PENDING", "ids": ids, "next": "/?folder=feedback"},
+    )
+    assert resp.headers["Location"] == "/?folder=feedback"
+    assert "Status set to Pending on 2 conversations." in flashes(client)
+    client.post("/inbox/actions", data={"action": "priority", "set_priority": "HIGH", "ids": ids})
+    assert "Priority set to High on 2 conversations." in flashes(client)
+    client.post("/inbox/actions", data={"action": "assign", "set_assignee": h2.uid, "ids": ids})
+    assert "Assigned 2 conversations to Ibrahim Conteh." in flashes(client)
+    assert _ticket_states(db, one, two, untouched) == [
+        ("PENDING", "HIGH", h2.id),
+        ("PENDING", "HIGH", h2.id),
+        ("OPEN", "NONE", None),
+    ]
+    client.post("/inbox/actions", data={"action": "assign", "set_assignee": "", "ids": [two.uid]})
+    assert "Unassigned 1 conversation." in flashes(client)
+    assert _ticket_states(db, two) == [("PENDING", "HIGH", None)]
+
+
+def test_bulk_triage_is_all_or_nothing(db: Session, app: Flask) -> None:
+    h1, _h2, writer, one = team_and_feedback(db)
+    private = sent_to(db, writer, h1, subject="Private")
+    client = signed_in(app, h1)
+    # A private message among the selection: nothing changes, and the handler is told why.
+    client.post(
+        "/inbox/actions",
+        data={"action": "status", "set_status": "SOLVED", "ids": [one.uid, private.uid]},
+    )
+    assert "1 of the selected conversations is not feedback" in flashes(client)
+    client.post("/inbox/actions", data={"action": "status", "set_status": "NONE", "ids": [one.uid]})
+    assert "messageConversationStatus must be one of" in flashes(client)
+    client.post(
+        "/inbox/actions", data={"action": "assign", "set_assignee": writer.uid, "ids": [one.uid]}
+    )
+    assert "must be a member of the feedback recipients group" in flashes(client)
+    client.post(
+        "/inbox/actions",
+        data={"action": "priority", "set_priority": "HIGH", "ids": [one.uid, "nosuchconv1"]},
+    )
+    assert "1 of the selected conversations is not feedback" in flashes(client)
+    assert _ticket_states(db, one) == [("OPEN", "NONE", None)]
+
+
+def test_bulk_triage_is_for_handlers_only(db: Session, app: Flask) -> None:
+    _h1, _h2, writer, one = team_and_feedback(db)
+    writer_client = signed_in(app, writer)
+    html = page(writer_client, "/?folder=feedback")
+    assert 'id="bulk-triage"' not in html and "Scale" in html
+    writer_client.post(
+        "/inbox/actions", data={"action": "status", "set_status": "SOLVED", "ids": [one.uid]}
+    )
+    assert "Only feedback handlers may change this." in flashes(writer_client)
+    assert _ticket_states(db, one) == [("OPEN", "NONE", None)]
+
+
+# ---------------------------------------------------------------------------------------------
 # The header's unread counts per folder
 
 
