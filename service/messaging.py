@@ -1120,6 +1120,32 @@ def messages_of(
     return out
 
 
+SNIPPET_LENGTH = 160
+
+
+def snippets(
+    session: Session, handler: bool, conversations: Sequence[Conversation]
+) -> dict[int, str]:
+    """The start of the latest message the caller may see in each listed conversation (internal
+    replies only when `handler`), by conversation id, in one statement over the (conversation,
+    id) index; at most SNIPPET_LENGTH characters each leave the database."""
+    ids = [c.id for c in conversations]
+    if not ids:
+        return {}
+    latest = select(Message.conversation_id, func.max(Message.id).label("mid")).where(
+        Message.conversation_id.in_(ids)
+    )
+    if not handler:
+        latest = latest.where(Message.internal.is_(False))
+    last = latest.group_by(Message.conversation_id).subquery("last")
+    rows = session.execute(
+        select(Message.conversation_id, func.substr(Message.text, 1, SNIPPET_LENGTH)).join(
+            last, Message.id == last.c.mid
+        )
+    )
+    return {r[0]: " ".join(str(r[1]).split()) for r in rows}
+
+
 def view_conversation(session: Session, user: User, uid: str) -> View:
     """A conversation as the caller may see it: messages oldest first (internal replies for
     handlers only), at most 30 participants inline, and the participant count."""

@@ -423,6 +423,7 @@ def inbox() -> Any:
         statuses=STATUS_FILTERS,
         priorities=PRIORITY_FILTERS,
         triage_choices=_triage_choices(session) if handler else None,
+        snippets=msg.snippets(session, handler, [s.conversation for s in result.items]),
         me=user,
     )
 

@@ -962,6 +962,20 @@ def test_signed_out_error_page_and_disabled_user(db: Session, app: Flask) -> Non
     assert resp.status_code == 302 and resp.headers["Location"].startswith("/login")
 
 
+def test_inbox_snippets_show_the_latest_message_i_may_see(db: Session, app: Flask) -> None:
+    h1, h2, writer, conv = team_and_feedback(db)
+    msg.reply(db, h1, conv.uid, "Public answer <b>soon</b>\n\n  with   spaces")
+    msg.reply(db, h1, conv.uid, "Internal: budget is gone", internal=True)
+    long = sent_to(db, h1, writer, subject="Long", text="word " * 100)
+    html = page(signed_in(app, writer), "/")
+    assert f'id="snippet-{conv.uid}">Public answer &lt;b&gt;soon&lt;/b&gt; with spaces<' in html
+    assert "budget is gone" not in html
+    snippet = re.search(rf'id="snippet-{long.uid}">([^<]*)<', html)
+    assert snippet and len(snippet.group(1)) <= msg.SNIPPET_LENGTH
+    html = page(signed_in(app, h2), "/?folder=feedback")
+    assert f'id="snippet-{conv.uid}">Internal: budget is gone<' in html
+
+
 # ---------------------------------------------------------------------------------------------
 # Handlers triage several feedback conversations at once
 
