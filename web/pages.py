@@ -721,6 +721,13 @@ def compose() -> Any:
         )
         return _render_compose(form)
     form = ComposeForm()
+    if request.form.get("action") == "count" and form.validate_on_submit():
+        # Without scripts: the same count as the live one, and the form as it was typed.
+        body, exc = _count(user, request.form)
+        if exc is None:
+            return _render_compose(form, count_text=body["text"])
+        form.show_error(exc.field, exc.message)
+        return _render_compose(form, FORM_ERROR)
     if form.validate_on_submit():
         descendants = bool(form.include_descendants.data)
         to = _recipients_from(request.form)
@@ -758,6 +765,31 @@ def _recipients_from(data: MultiDict[str, str]) -> msg.Recipients:
     )
 
 
+def _count(user: User, data: MultiDict[str, str]) -> tuple[dict[str, Any], DomainError | None]:
+    """The live count's answer for the compose form's controls in `data`, or the domain error
+    that refuses them (an unknown id, too many ids, a unit outside the sender's own)."""
+    to = _recipients_from(data)
+    descendants = data.get("include_descendants") in ("y", "1", "on", "true")
+    try:
+        n = msg.count_recipients(
+            db(), user, to, ou_mode="DESCENDANTS" if descendants else "SELECTED"
+        )
+    except DomainError as exc:
+        db().rollback()
+        return {}, exc
+    if to.is_empty():
+        text = "No recipients chosen yet."
+    elif n == 0:
+        text = "These choices reach nobody (other than you)."
+    else:
+        text = f"This message will reach {_plural(n, 'person', 'people')}."
+    threshold = _settings().announcement_threshold
+    announcement = n > threshold and data.get("reply_mode") != "discussion"
+    if announcement:
+        text += " It will be an announcement: replies come to you only."
+    return {"count": n, "text": text, "announcement": announcement}, None
+
+
 @bp.get("/compose/recipient-count")
 def recipient_count() -> Response:
     """How many people the composer's current choice reaches, for the live count before sending.
@@ -767,32 +799,18 @@ def recipient_count() -> Response:
     organisation unit outside the sender's own units). One COUNT in the database (see
     `msg.count_recipients`); nothing is written.
     """
-    user = _me()
-    to = _recipients_from(request.args)
-    descendants = request.args.get("include_descendants") in ("y", "1", "on", "true")
-    try:
-        n = msg.count_recipients(
-            db(), user, to, ou_mode="DESCENDANTS" if descendants else "SELECTED"
-        )
-    except DomainError as exc:
+    body, exc = _count(_me(), request.args)
+    if exc is not None:
         field = ComposeForm.domain_fields.get(exc.field or "", exc.field)
         return _json_error(status_for(exc), exc.message, field)
-    threshold = _settings().announcement_threshold
-    if to.is_empty():
-        text = "No recipients chosen yet."
-    elif n == 0:
-        text = "These choices reach nobody (other than you)."
-    else:
-        text = f"This message will reach {_plural(n, 'person', 'people')}."
-    announcement = n > threshold and request.args.get("reply_mode") != "discussion"
-    if announcement:
-        text += " It will be an announcement: replies come to you only."
-    resp = jsonify({"count": n, "text": text, "announcement": announcement})
+    resp = jsonify(body)
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
 
-def _render_compose(form: ComposeForm, status: int = 200) -> tuple[str, int]:
+def _render_compose(
+    form: ComposeForm, status: int = 200, count_text: str | None = None
+) -> tuple[str, int]:
     return (
         render_template(
             "compose.html",
@@ -800,6 +818,7 @@ def _render_compose(form: ComposeForm, status: int = 200) -> tuple[str, int]:
             nav="compose",
             form=form,
             threshold=_settings().announcement_threshold,
+            count_text=count_text,
         ),
         status,
     )

@@ -1221,9 +1221,34 @@ def test_recipient_count_refusals_name_the_control(
     assert db.scalar(select(func.count()).select_from(Delivery)) == 0
 
 
-def test_compose_page_has_the_live_count(db: Session, app: Flask) -> None:
-    html = page(signed_in(app, person(db)), "/compose")
+def test_compose_page_has_the_live_count_and_a_count_button(
+    db: Session, app: Flask, tree: dict[str, OrgUnit]
+) -> None:
+    sender = person(db, units=(tree["district"],))
+    f.user(db, units=(tree["facility"],))
+    client = signed_in(app, sender)
+    html = page(client, "/compose")
     assert 'id="recipient-count"' in html and 'data-url="/compose/recipient-count"' in html
+    # Send comes first: Enter in a text box sends, it does not count.
+    assert html.index('id="send-message"') < html.index('id="count-recipients"')
+    # Without scripts, the button counts and keeps everything typed; nothing is sent.
+    data = {
+        "subject": "Stock <count>",
+        "text": "Text kept",
+        "org_units": tree["district"].uid,
+        "include_descendants": "y",
+        "reply_mode": "auto",
+        "action": "count",
+    }
+    html = checked(client.post("/compose", data=data), 200)
+    assert ">This message will reach 1 person.</p>" in html
+    assert 'value="Stock &lt;count&gt;"' in html and "Text kept</textarea>" in html
+    box = re.search(r'<input[^>]*id="include_descendants"[^>]*>', html)
+    assert box and "checked" in box.group(0)
+    data["org_units"] = tree["other"].uid
+    html = checked(client.post("/compose", data=data), 422)
+    assert 'id="org_units-error"' in html and "within your own assigned units" in html
+    assert db.scalar(select(func.count()).select_from(Conversation)) == 0
 
 
 @pytest.fixture(autouse=True)

@@ -419,6 +419,10 @@
       return;
     }
     var names = ["users", "user_groups", "org_units", "org_unit_groups"];
+    var button = form.querySelector("[data-count-button]");
+    if (button) {
+      button.hidden = true; // the count below is live
+    }
     var timer = null;
     var seq = 0;
 
