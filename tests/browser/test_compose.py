@@ -29,15 +29,16 @@ def reach(
 ) -> int:
     """How many active users other than `sender` the units (and below them, with
     `descendants`) and the users reach: the number the pages must show."""
-    on_unit = "string_to_array(o.path, '/') && :units" if descendants else "o.uid = ANY(:units)"
     return int(
         scalar(
             engine,
             "SELECT count(DISTINCT u.id) FROM app_user u "
             "LEFT JOIN user_org_unit uo ON uo.user_id = u.id "
             "LEFT JOIN org_unit o ON o.id = uo.org_unit_id "
-            f"WHERE NOT u.disabled AND u.username <> :sender AND ({on_unit} "
-            "OR u.username = ANY(:users))",
+            "WHERE NOT u.disabled AND u.username <> :sender AND ("
+            " (:descendants AND string_to_array(o.path, '/') && :units)"
+            " OR (NOT :descendants AND o.uid = ANY(:units)) OR u.username = ANY(:users))",
+            descendants=descendants,
             sender=sender,
             units=units,
             users=users,
@@ -91,7 +92,9 @@ def test_compose_with_pickers_counts_sends_and_follows_delivery(
     )
 
     page.get_by_role("textbox", name="Subject").fill("Measles campaign dates")
-    page.get_by_role("textbox", name="Message").fill("The campaign runs from 12 to 16 May in Kambia and Dema.")
+    page.get_by_role("textbox", name="Message").fill(
+        "The campaign runs from 12 to 16 May in Kambia and Dema."
+    )
     screenshot(page, "compose")
     page.get_by_role("button", name="Send message").click()
 
@@ -130,7 +133,9 @@ def test_rejected_message_says_why_and_keeps_what_was_typed(browser: Browser) ->
     expect(summary).to_contain_text(re.compile("[Nn]o recipients"))
     expect(page.locator("#recipients .field-error")).to_contain_text(re.compile("[Nn]o recipients"))
     expect(page.get_by_role("textbox", name="Subject")).to_have_value("Nobody to send to")
-    expect(page.get_by_role("textbox", name="Message")).to_have_value("This text must survive the error.")
+    expect(page.get_by_role("textbox", name="Message")).to_have_value(
+        "This text must survive the error."
+    )
 
 
 def test_unread_badge_updates_without_reload(browser: Browser, db_engine: Engine) -> None:
