@@ -74,6 +74,8 @@ MAX_QUERY = 200
 PUBLIC_ENDPOINTS = {"pages.login"}
 # Asked for by app.js: signed out, they answer 401 JSON instead of redirecting to the sign-in page.
 JSON_ENDPOINTS = {"pages.unread_counts", "pages.recipient_count"}
+# Conversations with more participants than this show them collapsed (a <details> element).
+PARTICIPANTS_OPEN = 8
 # Error pages re-render the form with this status: the request was understood but not accepted.
 FORM_ERROR = 422
 
@@ -558,6 +560,7 @@ def _render_conversation(
         handling_form=handling_form if handler else None,
         delivery=view.delivery if show_delivery else None,
         more_participants=max(0, view.participant_count - len(view.participants)),
+        participants_open=PARTICIPANTS_OPEN,
     )
     return body, status
 

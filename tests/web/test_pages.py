@@ -763,7 +763,12 @@ def test_participants_show_thirty_and_how_many_more(db: Session, app: Flask) -> 
     html = page(signed_in(app, sender), f"/conversations/{sent.conversation.uid}")
     assert 'Participants <span class="muted">(34)</span>' in html
     assert "and 4 more" in html
+    assert '<details class="participants-details" id="participants-details">' in html
+    assert "Show the 34 participants" in html
     assert "Delivered to all 33 recipients" in html
+    few = sent_to(db, sender, people[0])
+    html = page(signed_in(app, sender), f"/conversations/{few.uid}")
+    assert 'id="participants-list"' in html and "<details" not in html
 
 
 def test_delivery_progress_only_for_the_sender_and_administrators(db: Session, app: Flask) -> None:
