@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from service import recipients as rcpt
 from service.db import insert_ignore, utcnow
@@ -1082,16 +1082,27 @@ def list_conversations(
     v = _visible_rows(user.id, handler)
     cond = _filter_conditions(session, user, f, handler, v)
     order = _order_by(f, handler, v)
-    total = session.scalar(
-        select(func.count())
-        .select_from(Conversation)
-        .join(v, v.c.conversation_id == Conversation.id)
-        .where(*cond)
-    )
+    if cond:
+        counted = (
+            select(func.count())
+            .select_from(Conversation)
+            .join(v, v.c.conversation_id == Conversation.id)
+            .where(*cond)
+        )
+    else:
+        # Unfiltered, the caller's rows alone give the total (each references its conversation),
+        # so PostgreSQL counts from the inbox index without visiting the conversations.
+        counted = select(func.count()).select_from(v)
+    total = session.scalar(counted)
+    # The people each entry names come in three statements for the whole page (not two per
+    # entry); their own org units are not needed for a list and stay unloaded.
+    people = [Conversation.created_by, Conversation.assignee]
+    people.append(Conversation.last_sender if handler else Conversation.public_last_sender)
     rows = session.execute(
         select(Conversation, v.c.read, v.c.followup)
         .join(v, v.c.conversation_id == Conversation.id)
         .where(*cond)
+        .options(*(selectinload(p).lazyload(User.org_units) for p in people))
         .order_by(*order)
         .offset(max(0, page - 1) * page_size)
         .limit(page_size)
