@@ -31,8 +31,11 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-def _backoff(retries: int) -> float:
-    return min(60.0, 2.0**retries) * (0.5 + random.random())  # noqa: S311 - jitter, not security
+def _backoff(retries: int, settings: Settings) -> float:
+    """Seconds before retry number `retries + 1`: doubling, jittered, capped at 60 s and well
+    inside the visibility timeout (a countdown waits unacknowledged in the worker)."""
+    cap = min(60.0, settings.broker_visibility_timeout / 3)
+    return min(cap, 2.0**retries) * (0.5 + random.random())  # noqa: S311 - jitter, not security
 
 
 def publish_batches(delivery_id: int, seqs: list[int]) -> None:
@@ -49,7 +52,7 @@ def plan(self: Task, delivery_id: int) -> None:
             result = svc.plan(session, delivery_id, settings.batch_size)
     except Exception as exc:
         if _is_transient(exc):
-            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+            raise self.retry(exc=exc, countdown=_backoff(self.request.retries, settings)) from exc
         raise
     log.info(
         "delivery %s planned: %s recipients in %s batches",
@@ -72,12 +75,20 @@ def _run_batch(task: Task, delivery_id: int, seq: int, settings: Settings) -> No
             result = svc.run_batch(session, delivery_id, seq)
     except Exception as exc:
         if _is_transient(exc):
+            retries = task.request.retries or 0
+            countdown = _backoff(retries, settings)
             log.warning(
-                "delivery %s batch %s: transient failure, retrying: %s", delivery_id, seq, exc
+                "delivery %s batch %s: transient failure, retry %s in %.1fs: %s",
+                delivery_id,
+                seq,
+                retries + 1,
+                countdown,
+                exc,
             )
-            # Re-run as its own fan_out_batch task so the attempt counter decides when to stop.
+            # Re-run as its own fan_out_batch task so the attempt counter decides when to stop;
+            # it carries the retry count, so the backoff grows from one retry to the next.
             fan_out_batch.apply_async(
-                args=[delivery_id, seq], countdown=_backoff(task.request.retries)
+                args=[delivery_id, seq], countdown=countdown, retries=retries + 1
             )
             return
         raise

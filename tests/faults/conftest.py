@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from service import messaging as msg
 from service.config import load_settings
 from service.db import make_engine, make_session_factory
-from service.models import Conversation, Delivery, Inbox, User
+from service.models import Conversation, Delivery, DeliveryBatch, Inbox, User
 from tests import factories as f
 from tests.conftest import create_pg_database, migrate, redis_server_binary, run_db_name
 from tests.e2e.conftest import VENV_BIN, Proc, free_port, start_worker
@@ -362,3 +362,59 @@ def conversation_held(stack: Stack, b: Broadcast) -> Iterator[Session]:
 
 def wait_lock_waiters(stack: Stack, n: int, timeout: float = 60) -> None:
     wait_until(lambda: lock_waiters(stack) >= n, timeout, f"{n} backends waiting mid-batch")
+
+
+# ---------------------------------------------------------------------------------------------
+# The workers' PostgreSQL backends, told apart from the test's own by their application name
+
+
+def db_worker(stack: Stack, name: str, concurrency: int = 2, **extra: str) -> Proc:
+    """A worker whose database connections carry `application_name=<name>`."""
+    url = f"{stack.env['DATABASE_URL']}?application_name={name}"
+    return stack.worker(name, concurrency=concurrency, DATABASE_URL=url, **extra)
+
+
+def backends(stack: Stack, app: str, waiting_on_lock: bool = False) -> int:
+    """How many PostgreSQL backends the worker named `app` has (only those waiting on a lock)."""
+    with stack.engine.connect() as c:
+        n = c.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = :app AND (NOT :lock OR wait_event_type = 'Lock')"
+            ),
+            {"app": app, "lock": waiting_on_lock},
+        )
+    return int(n or 0)
+
+
+def terminate_backends(stack: Stack, app: str) -> int:
+    """`pg_terminate_backend` every backend of the worker named `app`; how many were ended."""
+    with stack.engine.connect() as c:
+        n = c.scalar(
+            text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = :app"
+            ),
+            {"app": app},
+        )
+    return int(n or 0)
+
+
+def max_attempts(stack: Stack, delivery_id: int) -> int:
+    with stack.session() as s:
+        return int(
+            s.scalar(
+                select(func.max(DeliveryBatch.attempts)).where(
+                    DeliveryBatch.delivery_id == delivery_id
+                )
+            )
+            or 0
+        )
+
+
+def delivered_exactly(stack: Stack, b: Broadcast, timeout: float = 120.0) -> float:
+    """Wait for the delivery to finish: DELIVERED, rows and counters exact. Seconds waited."""
+    t = time.monotonic()
+    assert wait_finished(stack, b, timeout).state == "DELIVERED"
+    assert_exact(stack, b)
+    return time.monotonic() - t
