@@ -1262,3 +1262,14 @@ def _no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
     crashes = [r for r in caplog.records if r.name == "web.errors" and r.levelname == "ERROR"]
     assert not crashes, [r.getMessage() for r in crashes]
+
+
+def test_controls_carry_no_none_attributes(db: Session, app: Flask) -> None:
+    """WTForms writes a None attribute as "None"; aria-invalid="None" would read as invalid."""
+    client = signed_in(app, person(db, admin=True))
+    for url in ("/compose", "/feedback/new", "/settings", "/account"):
+        html = page(client, url)
+        assert '="None"' not in html, url
+    html = checked(client.post("/feedback/new", data={"subject": "", "text": "x"}), 422)
+    assert 'aria-invalid="true"' in html and 'aria-describedby="subject-error"' in html
+    assert html.count('aria-invalid="true"') == 1
