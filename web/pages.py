@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from flask import (
     Blueprint,
@@ -426,6 +426,8 @@ def inbox() -> Any:
         priorities=PRIORITY_FILTERS,
         triage_choices=_triage_choices(session) if handler else None,
         snippets=msg.snippets(session, handler, [s.conversation for s in result.items]),
+        # Ticked again after a refused bulk action.
+        selected=set(request.args.getlist("selected")[:PAGE_SIZE]),
         me=user,
     )
 
@@ -440,6 +442,14 @@ BULK_ACTIONS = {
 
 
 TRIAGE_ACTIONS = ("status", "priority", "assign")
+
+
+def _keeping_selection(back: str, ids: list[str]) -> str:
+    """`back` (a local inbox URL) with the refused selection, so that it is ticked again."""
+    parts = urlsplit(back)
+    query = parse_qsl(parts.query)
+    query += [("selected", i) for i in ids[:PAGE_SIZE]]
+    return urlunsplit(("", "", parts.path, urlencode(query), ""))
 
 
 def _triage_choices(session: Any) -> dict[str, list[tuple[str, str]]]:
@@ -471,7 +481,7 @@ def _triage(user: User, ids: list[str], action: str, back: str) -> Response:
     except DomainError as exc:
         session.rollback()
         flash(exc.message, "error")
-        return redirect(back)
+        return redirect(_keeping_selection(back, ids))
     session.commit()
     flash(done.format(n=_conversations(n)), "success")
     return redirect(back)
@@ -490,7 +500,7 @@ def inbox_actions() -> Response:
     ids = [i for i in request.form.getlist("ids") if i][: msg.MAX_RECIPIENT_IDS]
     if action not in BULK_ACTIONS and action not in TRIAGE_ACTIONS:
         flash("Choose what to do with the selected conversations.", "error")
-        return redirect(back)
+        return redirect(_keeping_selection(back, ids))
     if not ids:
         flash("Select at least one conversation first.", "error")
         return redirect(back)

@@ -1030,11 +1030,16 @@ def test_bulk_triage_is_all_or_nothing(db: Session, app: Flask) -> None:
     private = sent_to(db, writer, h1, subject="Private")
     client = signed_in(app, h1)
     # A private message among the selection: nothing changes, and the handler is told why.
-    client.post(
+    resp = client.post(
         "/inbox/actions",
         data={"action": "status", "set_status": "SOLVED", "ids": [one.uid, private.uid]},
     )
-    assert "1 of the selected conversations is not feedback" in flashes(client)
+    # The refused selection is ticked again (only on that page).
+    html = page(client, resp.headers["Location"])
+    assert "1 of the selected conversations is not feedback" in html
+    for uid in (one.uid, private.uid):
+        assert f'id="sel-{uid}" checked>' in html
+    assert f'id="sel-{one.uid}">' in page(client, "/")
     client.post("/inbox/actions", data={"action": "status", "set_status": "NONE", "ids": [one.uid]})
     assert "messageConversationStatus must be one of" in flashes(client)
     client.post(
