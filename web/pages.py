@@ -261,7 +261,7 @@ def unread_json(counts: msg.UnreadCounts) -> dict[str, Any]:
 
 @bp.get("/unread-counts")
 def unread_counts() -> Response:
-    """The header's unread counts per folder, polled by app.js every 10 seconds (one query)."""
+    """The header's unread counts per folder, polled by app.js every 8 seconds (one query)."""
     resp = jsonify(unread_json(msg.unread_counts(db(), _me())))
     resp.headers["Cache-Control"] = "no-store"
     return resp
