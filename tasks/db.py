@@ -20,11 +20,20 @@ def configure(settings: Settings) -> None:
     global _engine, _factory
     if _engine is not None:
         _engine.dispose()
-    _engine = (
-        make_engine(settings.database_url, pool_size=2, max_overflow=2)
-        if not (settings.is_sqlite)
-        else make_engine(settings.database_url)
-    )
+    if settings.is_sqlite:
+        _engine = make_engine(settings.database_url)
+    else:
+        # PostgreSQL ends any statement before the task's soft time limit would interrupt it.
+        # Interrupted mid-statement, the client drops the connection but the server goes on
+        # running the statement, holding its locks (a lock wait never notices the client is
+        # gone): every retry then queued behind the last one and left one more backend behind.
+        timeout_ms = int(settings.task_soft_time_limit * 900)
+        _engine = make_engine(
+            settings.database_url,
+            pool_size=2,
+            max_overflow=2,
+            connect_args={"options": f"-c statement_timeout={timeout_ms}"},
+        )
     _factory = make_session_factory(_engine)
 
 
