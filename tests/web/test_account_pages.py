@@ -354,3 +354,45 @@ def test_repeated_failures_lock_the_address(db: Session, app: Flask) -> None:
     assert resp.status_code == 302
     # The table holds one row per key that failed, no more.
     assert db.scalar(select(func.count()).select_from(LoginFailure)) == throttle.IP_LIMIT + 1
+
+
+HOSTILE = [
+    "",
+    "   ",
+    "x" * 20_000,
+    "a\x00b",
+    "<script>alert(1)</script>",
+    "' OR 1=1 --",
+    "\u202egnp.exe",
+]
+
+
+def test_hostile_input_to_the_new_pages_is_a_4xx_or_a_form_message(db: Session, app: Flask) -> None:
+    admin, target = person(db, admin=True), person(db)
+    client = signed_in(app, admin)
+    for value in HOSTILE:
+        for url, data in (
+            (
+                "/account",
+                {"current_password": value, "new_password": value, "confirm_password": value},
+            ),
+            (
+                f"/settings/users/{target.uid}/password",
+                {"new_password": value, "confirm_password": value},
+            ),
+            (f"/settings/users/{target.uid}/access", {"action": value, "back": value}),
+            ("/inbox/actions", {"action": "status", "set_status": value, "ids": value}),
+            ("/compose", {"action": "count", "users": value, "org_units": value}),
+        ):
+            resp = client.post(url, data=data)
+            assert resp.status_code < 500, (url, value)
+            assert "<script>alert" not in resp.get_data(as_text=True)
+        for url in ("/settings/users", "/compose/recipient-count", "/unread-counts"):
+            resp = client.get(url, query_string={"q": value, "users": value, "page": value})
+            assert resp.status_code < 500, (url, value)
+            # JSON is never read as HTML (nosniff); app.js shows its text with textContent.
+            if resp.mimetype != "application/json":
+                assert "<script>alert" not in resp.get_data(as_text=True)
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    # (Some of the values are acceptable passwords, so the reset may have been done.)
+    assert not fresh(db, target).disabled
