@@ -1,8 +1,10 @@
 """Browser tests: the pages driven by Playwright in Debian's headless Chromium.
 
-One session runs one real web server (`flask run`) and one real Celery worker on a PostgreSQL
+The package runs one real web server (`flask run`) and one real Celery worker on a PostgreSQL
 database of its own (the Sierra Leone demo data plus the conversations below, committed) and the
-shared Redis (database index TEST_E2E_REDIS_DB). One Chromium is launched for the whole session;
+shared Redis (database index TEST_E2E_REDIS_DB). The fixtures are package-scoped so that, in a
+whole-suite run, this worker is stopped before tests/e2e and the others start theirs on the same
+Redis index (it would take their tasks to the wrong database). One Chromium is launched for all;
 each user gets a browser context of their own (own cookies), so several people can be signed in
 at once. Nothing downloads a browser: Chromium comes from the `chromium` Debian package that
 `make install` installs, and a missing one fails the tests, it never skips them.
@@ -161,7 +163,7 @@ def _seed(db_url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> dict[str, str]:
     data_dir = tmp_path_factory.mktemp("browser")
     db_url = create_pg_database(run_db_name("browser"))
@@ -181,7 +183,7 @@ def browser_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> dic
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def db_engine(browser_env: dict[str, str]) -> Iterator[Engine]:
     """For checking what the pages did, and for the counts the pages must show."""
     from service.db import make_engine
@@ -191,7 +193,7 @@ def db_engine(browser_env: dict[str, str]) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker(browser_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     purge_queues(browser_env)
     proc = start_worker(browser_env, tmp_path_factory.mktemp("worker"), concurrency=1)
@@ -199,7 +201,7 @@ def worker(browser_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     proc.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def base_url(
     browser_env: dict[str, str], worker: Proc, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
@@ -230,7 +232,7 @@ def base_url(
 # The browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium() -> Iterator[Any]:
     """One headless Chromium (Debian's) for the session. Fails, never skips, when it is missing."""
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
