@@ -53,15 +53,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         ],
         "task_create_missing_queues": False,
         "task_routes": {name: {"queue": q, "routing_key": q} for name, q in TASK_QUEUES.items()},
-        # Flower and operators see tasks from the moment they are sent.
+        # Flower and operators see tasks from the moment they are sent: task-sent from every
+        # publisher (web, workers, beat), task-received/started/succeeded/failed from workers.
+        # With results ignored, STARTED reaches Flower through the task-started event;
+        # task_track_started also records it wherever a result backend is configured.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        "task_track_started": True,
         "task_publish_retry_policy": {
             "max_retries": 2,
             "interval_start": 0.2,
             "interval_step": 0.5,
             "interval_max": 1.0,
         },
+        # Beat writes its schedule file after every task it sends, so the file's age tells a
+        # health check that beat is still ticking (docker-compose.yml, service `beat`).
+        "beat_sync_every": 1,
         "beat_schedule": {
             "delivery-sweep": {
                 "task": "delivery.sweep",
