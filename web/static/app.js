@@ -330,6 +330,10 @@
         search.focus();
       }
     });
+    // Chips follow each keystroke: drawn only on "change" (which fires on the mousedown of a
+    // button after typing), the new chip row would push that button away before the mouseup,
+    // and the click would be lost.
+    input.addEventListener("input", renderChips);
     input.addEventListener("change", function () {
       renderChips();
       resolveNames();
