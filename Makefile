@@ -15,8 +15,9 @@ PYTEST_ARGS ?=
 # When set, `make test` writes pytest's exit code there (.ci/run reports it as its own).
 PYTEST_RC_FILE ?=
 # Debian packages that some target needs: `chromium` for the browser tests (tests/browser drive it
-# with Playwright through executable_path=/usr/bin/chromium; nothing downloads a browser build).
-APT_PACKAGES ?= chromium
+# with Playwright through executable_path=/usr/bin/chromium; nothing downloads a browser build) and a
+# font for it, so that the pages it renders and the screenshots it takes have readable text.
+APT_PACKAGES ?= chromium fonts-dejavu-core
 
 # The first of these that is a Python in the range pyproject.toml allows (>=3.11,<3.13).
 # Evaluated only when the virtualenv is made; a pyenv shim for an inactive version fails the check.

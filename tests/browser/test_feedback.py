@@ -43,8 +43,11 @@ def test_feedback_is_triaged_and_internal_replies_stay_with_handlers(browser: Br
     expect(writer.locator(".conversation-tags")).to_contain_text("Status: Open")
     feedback_url = writer.url
 
-    # The handler's desk: the Feedback folder, filtered by status.
+    # The handler's header counts it under Feedback, not Messages.
     handler = browser.signed_in(HANDLER)
+    expect(handler.locator("#unread-feedback")).to_have_text("1")
+    expect(handler.locator("#unread-messages")).to_have_text("0")
+    # The handler's desk: the Feedback folder, filtered by status.
     handler.get_by_role("navigation", name="Folders").get_by_role("link", name="Feedback").click()
     apply_filters(handler, status="OPEN")
     item = row(handler, SUBJECT)
@@ -77,6 +80,10 @@ def test_feedback_is_triaged_and_internal_replies_stay_with_handlers(browser: Br
     expect(internal).to_have_count(1)
     expect(internal).to_contain_text("Internal — handlers only")
     expect(internal).to_contain_text(INTERNAL)
+    # An internal reply marks nobody but handlers unread: the writer's count stays at nothing.
+    writer.goto("/")
+    expect(writer.locator("[data-unread-badge]")).to_be_hidden()
+    expect(writer.locator("#unread-feedback")).to_have_text("0")
     handler.get_by_role("textbox", name="Reply").fill(PUBLIC)
     handler.get_by_role("button", name="Send reply").click()
     expect(handler.locator("ol.messages > li")).to_have_count(3)
@@ -98,6 +105,11 @@ def test_feedback_is_triaged_and_internal_replies_stay_with_handlers(browser: Br
     assignee.get_by_role("button", name="Apply").click()
     expect(row(assignee, SUBJECT)).to_be_visible()
 
+    # The public reply does: the writer's header counts it under Feedback.
+    writer.goto("/")
+    expect(writer.locator("#unread-feedback-item")).to_be_visible()
+    expect(writer.locator("#unread-feedback")).to_have_text("1")
+    expect(writer.locator("[data-unread-count]")).to_have_text("1")
     # The writer sees the new status and the public reply, and never the internal one.
     writer.goto(feedback_url)
     expect(writer.locator(".conversation-tags")).to_contain_text("Status: Pending")
