@@ -1,7 +1,8 @@
 """Deliveries: the database's record of unfinished fan-out, its batches, claims and progress.
 
 A delivery moves QUEUED -> DELIVERING -> DELIVERED | FAILED. Planning resolves the recipients once
-in SQL to count them and cut the user-id space into batches of about `batch_size` recipients; each
+in SQL to count them and cut the user-id space into batches of at most `batch_size` recipients
+(and at least batch_size minus one bucket, see BUCKETS_PER_BATCH, but the last); each
 batch then writes (or, for replies, re-marks) its slice in one transaction. Every step is a
 conditional update, so a step run twice — broker redelivery, the sweep, two workers at once —
 changes nothing the second time. Functions here never commit: the task owns the transaction.
@@ -30,6 +31,9 @@ from service.models import (
 )
 
 MAX_USER_ID = 2**31 - 1
+# The plan counts recipients in buckets of batch_size / BUCKETS_PER_BATCH consecutive user ids;
+# a batch is then within one bucket of batch_size.
+BUCKETS_PER_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -76,29 +80,38 @@ def plan(session: Session, delivery_id: int, batch_size: int) -> PlanResult:
     if claimed != 1:
         return PlanResult(planned=False, batch_seqs=[], total=0)
     delivery = session.get_one(Delivery, delivery_id, populate_existing=True)
-    ids = _recipient_ids(session, delivery, None).subquery("r")
-    numbered = select(
-        ids.c.user_id,
-        func.row_number().over(order_by=ids.c.user_id).label("rn"),
-        func.count().over().label("total"),
-    ).subquery("n")
-    # Only the first id of every batch comes back to Python: N / batch_size rows.
-    starts = session.execute(
-        select(numbered.c.user_id, numbered.c.total)
-        .where((numbered.c.rn - 1) % batch_size == 0)
-        .order_by(numbered.c.user_id)
+    # SQLite resolves a whole broadcast faster starting from each user's units (as a batch
+    # does) than from the named subtrees' units; PostgreSQL the other way round.
+    whole = (0, MAX_USER_ID) if session.get_bind().dialect.name == "sqlite" else None
+    ids = _recipient_ids(session, delivery, whole).subquery("r")
+    # Recipients counted per bucket of `width` consecutive user ids: a hash aggregate into at
+    # most (id space / width) small groups, where numbering every recipient in order (a window
+    # over all of them) sorted the whole set. Only the buckets come back to Python.
+    width = max(1, batch_size // BUCKETS_PER_BATCH)
+    bucket = (ids.c.user_id // width).label("bucket")
+    counts = session.execute(
+        select(bucket, func.min(ids.c.user_id), func.count()).group_by(bucket).order_by(bucket)
     ).all()
-    total = int(starts[0].total) if starts else 0
+    # Consecutive buckets make a batch until one more would pass batch_size (a bucket holds at
+    # most `width` <= batch_size recipients, so no batch does).
+    starts: list[int] = []
+    total = filled = 0
+    for _, first_id, n in counts:
+        if not starts or filled + n > batch_size:
+            starts.append(int(first_id))
+            filled = 0
+        filled += int(n)
+        total += int(n)
     batches = [
         {
             "delivery_id": delivery_id,
             "seq": i,
-            "lo_user_id": int(row.user_id),
-            "hi_user_id": int(starts[i + 1].user_id) - 1 if i + 1 < len(starts) else MAX_USER_ID,
+            "lo_user_id": lo,
+            "hi_user_id": starts[i + 1] - 1 if i + 1 < len(starts) else MAX_USER_ID,
             "state": BatchState.PENDING.value,
             "touched_at": now,
         }
-        for i, row in enumerate(starts)
+        for i, lo in enumerate(starts)
     ]
     if batches:
         session.execute(insert(DeliveryBatch), batches)
