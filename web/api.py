@@ -23,6 +23,7 @@ from service.delivery import progress
 from service.errors import Forbidden, InvalidInput, NotFound
 from service.models import (
     ApiToken,
+    Delivery,
     MessageType,
     OrgUnit,
     OrgUnitGroup,
@@ -117,6 +118,8 @@ def _json_body() -> Any:
         raise InvalidInput("A JSON body is required.", field="body")
     data = request.get_json(silent=True)
     if data is None:
+        if request.data.strip() == b"null":
+            raise InvalidInput("The body must be a JSON object or array, not null.", field="body")
         raise InvalidInput("The body is not valid JSON (UTF-8).", field="body")
     return data
 
@@ -395,6 +398,13 @@ def _created(conv_uid: str, message: str, **extra: Any) -> Response:
     return resp
 
 
+def _delivery_ref(conv_uid: str, delivery_uid: str) -> dict[str, str]:
+    return {
+        "id": delivery_uid,
+        "href": url_for("api.get_delivery", uid=conv_uid, _external=True),
+    }
+
+
 @route("/messageConversations", methods=["POST"])
 def create_conversation() -> Response:
     data = _json_body()
@@ -419,10 +429,7 @@ def create_conversation() -> Response:
     delivery_ref = None
     if sent.delivery is not None:
         _publish("delivery.plan", sent.delivery.id)
-        delivery_ref = {
-            "id": sent.delivery.uid,
-            "href": url_for("api.get_delivery", uid=sent.conversation.uid, _external=True),
-        }
+        delivery_ref = _delivery_ref(sent.conversation.uid, sent.delivery.uid)
     return _created(
         sent.conversation.uid,
         "Message conversation created",
@@ -444,8 +451,15 @@ def create_feedback() -> Response:
         text = _text_body()
     session = db()
     conv = fb.send_feedback(session, me(), subject, text)
+    delivery_uid = session.scalar(select(Delivery.uid).where(Delivery.conversation_id == conv.id))
     session.commit()
-    return _created(conv.uid, "Feedback created")
+    # Feedback reaches the (small) feedback group inline: its delivery is already DELIVERED.
+    return _created(
+        conv.uid,
+        "Feedback created",
+        announcement=False,
+        delivery=_delivery_ref(conv.uid, delivery_uid) if delivery_uid else None,
+    )
 
 
 @route("/messageConversations", methods=["GET"])
@@ -575,15 +589,21 @@ def unassign(uid: str) -> Response:
     return jsonify(web_message(200, "Message is no longer assigned to user"))
 
 
-def _own_inbox(user: User, user_uid: str | None) -> None:
-    """DHIS2's `user`/`userUid` parameters act for another user; here only for oneself."""
-    if user_uid is not None and user_uid != user.uid:
-        raise Forbidden(f"Not authorized to modify user: {user_uid}", field="user")
+def _own_inbox(user: User, path_user_uid: str | None = None) -> None:
+    """DHIS2's `user`/`userUid` parameters (and the user id in `DELETE /{id}/{userId}`) act for
+    another user; here only for oneself. Either spelling naming anyone else is refused, never
+    ignored: a script meant to act for someone else must not change its own inbox instead."""
+    given = [("user", request.args.get("user")), ("userUid", request.args.get("userUid"))]
+    if path_user_uid is not None:
+        given.append(("userId", path_user_uid))
+    for name, value in given:
+        if value is not None and value != user.uid:
+            raise Forbidden(f"Not authorized to modify user: {value}", field=name)
 
 
 def _flags(fn: Callable[..., list[str]], key: str, **kwargs: Any) -> Response:
     user = me()
-    _own_inbox(user, request.args.get("user"))
+    _own_inbox(user)
     ids = _ids_array()
     session = db()
     done = fn(session, user, ids, **kwargs)
@@ -605,7 +625,7 @@ def mark_unread() -> Response:
 
 def _one_flag(uid: str, fn: Callable[..., list[str]], key: str, **kwargs: Any) -> Response:
     user = me()
-    _own_inbox(user, request.args.get("userUid"))
+    _own_inbox(user)
     session = db()
     msg.get_visible(session, user, uid)
     done = fn(session, user, [uid], **kwargs)
@@ -656,6 +676,7 @@ def add_recipients(uid: str) -> Response:
 def remove(uid: str) -> Response:
     session = db()
     user = me()
+    _own_inbox(user)
     msg.get_visible(session, user, uid)
     done = msg.remove_from_inbox(session, user, [uid])
     session.commit()
@@ -671,7 +692,7 @@ def remove_for_user(uid: str, user_uid: str) -> Response:
 @route("/messageConversations", methods=["DELETE"])
 def remove_many() -> Response:
     user = me()
-    _own_inbox(user, request.args.get("user"))
+    _own_inbox(user)
     ids = request.args.getlist("mc")
     if not ids:
         raise InvalidInput("Give the conversations to remove as ?mc=id&mc=id.", field="mc")

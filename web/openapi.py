@@ -261,7 +261,11 @@ FIELDS = _query(
     style="form",
     explode=True,
 )
-OWN_USER = _query("user", {"type": "string"}, "only the caller's own id is accepted (else 403)")
+# DHIS2's two spellings of "act for this user": both accepted wherever one is, own id only.
+OWN_USER = [
+    _query(name, {"type": "string"}, "only the caller's own id is accepted (else 403)")
+    for name in ("user", "userUid")
+]
 
 TEXT_BODY = {
     "required": True,
@@ -284,17 +288,14 @@ def _flagged(key: str) -> dict[str, Any]:
 
 def _flag_op(summary: str, key: str) -> dict[str, Any]:
     return {
-        "post": _op(
-            summary, _flagged(key), errors=(400, 403, 404), params=[OWN_USER], body=IDS_BODY
-        )
+        "post": _op(summary, _flagged(key), errors=(400, 403, 404), params=OWN_USER, body=IDS_BODY)
     }
 
 
 def _one_flag_op(summary: str, key: str) -> dict[str, Any]:
-    user_uid = _query("userUid", {"type": "string"}, "only the caller's own id (else 403)")
     return {
         "parameters": [_path("id")],
-        "post": _op(summary, _flagged(key), errors=(400, 403, 404), params=[user_uid]),
+        "post": _op(summary, _flagged(key), errors=(400, 403, 404), params=OWN_USER),
     }
 
 
@@ -398,7 +399,7 @@ def _paths() -> dict[str, Any]:
                 removed,
                 errors=(400, 403, 404),
                 params=[
-                    OWN_USER,
+                    *OWN_USER,
                     _query(
                         "mc",
                         {"type": "array", "items": STR, "maxItems": MAX_RECIPIENT_IDS},
@@ -443,7 +444,12 @@ def _paths() -> dict[str, Any]:
                 params=[_query("internal", {"type": "boolean"})],
                 body=TEXT_BODY,
             ),
-            "delete": _op("Remove from the caller's inbox", removed, errors=(400, 404)),
+            "delete": _op(
+                "Remove from the caller's inbox",
+                removed,
+                errors=(400, 403, 404),
+                params=OWN_USER,
+            ),
         },
         "/api/messageConversations/{id}/{userId}": {
             "parameters": [conv_id, _path("userId")],
@@ -451,6 +457,7 @@ def _paths() -> dict[str, Any]:
                 "Remove from the caller's inbox (userId must be the caller's, else 403)",
                 removed,
                 errors=(400, 403, 404),
+                params=OWN_USER,
             ),
         },
         "/api/messageConversations/{id}/read": _one_flag_op("Mark one read", "markedRead"),

@@ -286,16 +286,25 @@ def test_nobody_changes_another_users_read_state_or_inbox(
     other = world.users[victim].uid
     before = {kind: _row(db, world, victim, kind) for kind in SEES}
     uids = [conv_uid(world, k) for k in SEES]
-    for action in ("read", "unread", "followup", "unfollowup"):
-        r = api(app, world, role, "POST", f"{API}/{action}?user={other}", json=uids)
-        assert r.status_code == 403, (action, r.json)
-    for kind in SEES:
-        uid = conv_uid(world, kind)
-        for url in (f"{API}/{uid}/{other}", f"{API}?mc={uid}&user={other}"):
-            assert api(app, world, role, "DELETE", url).status_code == 403
-        for action in ("read", "unread"):
-            r = api(app, world, role, "POST", f"{API}/{uid}/{action}?userUid={other}")
-            assert r.status_code == 403
+    mine = {kind: _row(db, world, role, kind) for kind in SEES} if role in world.users else {}
+    # DHIS2 spells "for this user" both ways; either, on any route, is refused (never ignored).
+    for param in ("user", "userUid"):
+        for action in ("read", "unread", "followup", "unfollowup"):
+            r = api(app, world, role, "POST", f"{API}/{action}?{param}={other}", json=uids)
+            assert r.status_code == 403, (action, param, r.json)
+        for kind in SEES:
+            uid = conv_uid(world, kind)
+            for url in (
+                f"{API}/{uid}/{other}",
+                f"{API}/{uid}?{param}={other}",
+                f"{API}?mc={uid}&{param}={other}",
+            ):
+                assert api(app, world, role, "DELETE", url).status_code == 403, url
+            for action in ("read", "unread"):
+                r = api(app, world, role, "POST", f"{API}/{uid}/{action}?{param}={other}")
+                assert r.status_code == 403, (action, param, r.json)
+    # A refused request changed nothing, the caller's own rows included.
+    assert {kind: _row(db, world, role, kind) for kind in mine} == mine
     # Acting on one's own copies never touches anyone else's.
     for action in ("read", "unread", "followup"):
         api(app, world, role, "POST", f"{API}/{action}", json=uids)
