@@ -238,7 +238,9 @@ class View:
 
 
 def clean_subject(subject: object) -> str:
-    if not isinstance(subject, str) or not subject.strip():
+    if subject is not None and not isinstance(subject, str):
+        raise InvalidInput("Subject must be a string.", field="subject")
+    if subject is None or not subject.strip():
         raise InvalidInput("Subject is required.", field="subject")
     subject = subject.strip()
     if len(subject) > MAX_SUBJECT:
@@ -247,7 +249,9 @@ def clean_subject(subject: object) -> str:
 
 
 def clean_text(text: object) -> str:
-    if not isinstance(text, str) or not text.strip():
+    if text is not None and not isinstance(text, str):
+        raise InvalidInput("Text must be a string.", field="text")
+    if text is None or not text.strip():
         raise InvalidInput("Text is required.", field="text")
     if len(text) > MAX_TEXT:
         raise InvalidInput(f"Text must be at most {MAX_TEXT} characters.", field="text")

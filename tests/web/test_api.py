@@ -130,7 +130,9 @@ def test_send_returns_201_location_and_id_then_publishes(client, db, people, pub
         ),
         ({"subject": "S", "text": "T"}, 409, "No recipients selected."),
         ({"subject": "S", "text": "T", "users": "abc"}, 400, "users"),
-        ({"subject": "", "text": "T", "users": [{"id": "x"}]}, 400, "Subject"),
+        ({"subject": "", "text": "T", "users": [{"id": "x"}]}, 400, "Subject is required."),
+        ({"subject": 5, "text": "T", "users": [{"id": "x"}]}, 400, "Subject must be a string."),
+        ({"subject": "S", "text": ["T"], "users": [{"id": "x"}]}, 400, "Text must be a string."),
         ({"subject": "S", "text": "T" * 10_001, "users": [{"id": "x"}]}, 400, "Text"),
         (
             {"subject": "S", "text": "T", "ouMode": "EVERYTHING", "users": [{"id": "x"}]},
@@ -160,14 +162,21 @@ def test_bad_sends_are_clear_4xx_and_write_nothing(
     ) == before
 
 
-def test_malformed_json_is_400(client, people) -> None:
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"{not json", "The body is not valid JSON (UTF-8)."),
+        (b"null", "The body must be a JSON object or array, not null."),
+    ],
+)
+def test_malformed_json_is_400_saying_what_is_wrong(client, people, data, message) -> None:
     r = client.post(
         "/api/messageConversations",
-        data=b"{not json",
+        data=data,
         content_type="application/json",
         headers=people["auth"]["nurse"],
     )
-    assert r.status_code == 400 and "JSON" in r.json["message"]
+    assert r.status_code == 400 and r.json["message"] == message
 
 
 def test_sending_outside_own_units_is_403_and_writes_nothing(client, db, people) -> None:
@@ -239,6 +248,13 @@ def test_feedback_flow_through_the_api(client, db, people) -> None:
     )
     assert r.status_code == 201, r.json
     uid = r.json["id"]
+    # Answered like a send: the id, not an announcement, and its (already finished) delivery.
+    assert r.json["announcement"] is False and r.json["delivery"]["href"].endswith(
+        f"/api/messageConversations/{uid}/delivery"
+    )
+    d = client.get(r.json["delivery"]["href"], headers=a["nurse"])
+    assert d.status_code == 200 and d.json["state"] == "DELIVERED", d.json
+    assert d.json["id"] == r.json["delivery"]["id"]
     r = client.get("/api/messageConversations?filter=messageType:eq:TICKET", headers=a["handler"])
     assert [c["id"] for c in r.json["messageConversations"]] == [uid]
     assert r.json["messageConversations"][0]["status"] == "OPEN"
