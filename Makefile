@@ -73,7 +73,8 @@ system-packages:
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-run: install
+# Only the Python install: the demo needs no Debian package (those are for the browser tests).
+run: $(STAMP)
 	$(BIN)/python scripts/run_demo.py
 
 test: install system-packages

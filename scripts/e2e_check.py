@@ -1,4 +1,4 @@
-"""End-to-end check of a running service (what the README's "Done when" promises).
+"""End-to-end check of a running service (the README's "Doing it by hand", scripted).
 
     python scripts/e2e_check.py [--url http://127.0.0.1:5000] [--database-url URL]
 

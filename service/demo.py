@@ -15,7 +15,8 @@ facility Hospital 3, CHC 2, any other 1 per open facility   ``ngelehun_chc1``, .
 Every demo user's password is ``district`` (the Sierra Leone demo's own). The logins to try:
 
 * ``admin``: John Traore, administrator, on Sierra Leone, feedback recipient.
-* ``national1``: National Communications Officer, the broadcaster (may send to everyone).
+* ``national1``: National Communications Officer, the broadcaster (may send to everyone), and a
+  feedback recipient like all national staff.
 * ``national2`` .. ``national5``: national staff on Sierra Leone, feedback recipients.
 * ``bo_me`` / ``bo_dhmt``: Bo district M&E officer and DHMT officer, in "Bo District M&E officers".
 * ``badjia_sup``: supervisor of Badjia chiefdom (Bo), the chiefdom of Ngelehun CHC.
@@ -368,7 +369,12 @@ def demo_logins() -> tuple[DemoLogin, ...]:
     pw = DEMO_PASSWORD
     return (
         DemoLogin("admin", pw, "administrator (John Traore), feedback recipient", "Sierra Leone"),
-        DemoLogin("national1", pw, "national communications officer, broadcaster", "Sierra Leone"),
+        DemoLogin(
+            "national1",
+            pw,
+            "national communications officer, broadcaster, feedback recipient",
+            "Sierra Leone",
+        ),
         DemoLogin("national2", pw, "national M&E officer, feedback recipient", "Sierra Leone"),
         DemoLogin("bo_me", pw, "district M&E officer", "Bo"),
         DemoLogin("bo_dhmt", pw, "district health management team officer", "Bo"),
