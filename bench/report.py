@@ -16,6 +16,8 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("submit_p95_ratio", "submit p95, everyone / one", "<=", 2.0),
     ("inbox_p95_ms", "inbox page p95 (ms)", "<", 50.0),
     ("unread_p95_ms", "unread count p95 (ms)", "<", 5.0),
+    ("inbox_html_p95_ms", "inbox HTML page p95 (ms)", "<", 50.0),
+    ("conversation_html_p95_ms", "conversation HTML page p95 (ms)", "<", 50.0),
     ("interactive_p95_ms_during_broadcast", "interactive p95 during broadcast (ms)", "<", 500.0),
 ]
 
@@ -100,6 +102,11 @@ def markdown(res: dict[str, Any]) -> str:
         f"(server) | {_fmt(res.get('inbox_p50_ms'))} | {_fmt(res['inbox_p95_ms'])} |",
         f"| unread count, same user (server) | {_fmt(res.get('unread_p50_ms'))} | "
         f"{_fmt(res['unread_p95_ms'])} |",
+        f"| inbox HTML page, same user (server) | {_fmt(res.get('inbox_html_p50_ms'))} | "
+        f"{_fmt(res.get('inbox_html_p95_ms'))} |",
+        f"| conversation HTML page, same user (server) | "
+        f"{_fmt(res.get('conversation_html_p50_ms'))} | "
+        f"{_fmt(res.get('conversation_html_p95_ms'))} |",
     ]
     for kind, v in (res.get("ours_detail", {}).get("interactive") or {}).items():
         lines.append(
