@@ -779,11 +779,15 @@ def _visible_ids(
         acc = access(session, user, conv) if conv is not None else None
         if conv is not None and acc is not None:
             out.append((conv, acc))
+    # Rows are then locked in conversation order whatever order the ids came in, so that two
+    # requests over overlapping sets (two tabs, bulk actions) never wait on each other in a cycle.
+    out.sort(key=lambda pair: pair[0].id)
     return out
 
 
 def _set_flags(session: Session, user: User, uids: Iterable[str], **values: bool) -> list[str]:
-    done = []
+    uids = list(uids)
+    done: set[str] = set()
     for conv, acc in _visible_ids(session, user, uids):
         as_handler = (
             acc.handler
@@ -801,9 +805,9 @@ def _set_flags(session: Session, user: User, uids: Iterable[str], **values: bool
             .where(Inbox.user_id == user.id, Inbox.conversation_id == conv.id)
             .values(**values)
         )
-        done.append(conv.uid)
+        done.add(conv.uid)
     session.flush()
-    return done
+    return [uid for uid in dict.fromkeys(uids) if uid in done]  # in the order asked
 
 
 def mark_read(session: Session, user: User, uids: Iterable[str], read: bool = True) -> list[str]:

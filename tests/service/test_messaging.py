@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from service import delivery as svc
@@ -295,6 +295,37 @@ def test_inbox_lists_newest_first_with_totals_and_filters(db: Session) -> None:
     msg.remove_from_inbox(db, me, [uids[0]])
     assert msg.list_conversations(db, me).total == 6
     assert msg.list_conversations(db, other).total == 7  # only the caller's rows changed
+
+
+def test_flags_are_written_in_conversation_order_whatever_order_the_ids_come_in(
+    db: Session,
+) -> None:
+    """Two requests over overlapping conversations (two tabs, bulk actions) lock the caller's
+    rows in one order, so they never wait on each other in a cycle; the answer keeps the order
+    asked."""
+    me, other = f.user(db), f.user(db)
+    convs = []
+    for i in range(4):
+        sent = msg.send_message(db, other, f"S{i}", "B", msg.Recipients(users=[me.uid]))
+        deliver(db, sent.delivery.id)
+        convs.append(sent.conversation)
+    asked = [convs[2].uid, convs[0].uid, convs[3].uid, convs[1].uid]
+    written: list[int] = []
+
+    def spy(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("UPDATE INBOX"):
+            params = context.compiled_parameters[0]
+            written.append(next(v for k, v in params.items() if k.startswith("conversation_id")))
+
+    conn = db.connection()
+    event.listen(conn, "before_cursor_execute", spy)
+    try:
+        assert msg.mark_read(db, me, asked) == asked
+        assert msg.set_followup(db, me, list(reversed(asked)), True) == list(reversed(asked))
+    finally:
+        event.remove(conn, "before_cursor_execute", spy)
+    ids = sorted(c.id for c in convs)
+    assert written == ids + ids
 
 
 def test_removed_conversation_returns_on_new_reply(db: Session) -> None:
