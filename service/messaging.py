@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import (
     ColumnElement,
+    Exists,
     Integer,
     Select,
     and_,
@@ -311,21 +312,19 @@ def _resolve(session: Session, to: Recipients) -> dict[TargetKind, set[int]]:
 # Who may see what
 
 
+def _handler_now(user_id: int | ColumnElement[int]) -> Exists:
+    """EXISTS: the user is in the group configured as feedback recipients (one lookup of the
+    setting and one of the membership, inside whatever statement needs it)."""
+    return exists().where(
+        SystemSetting.key == FEEDBACK_RECIPIENTS,
+        user_group_members.c.group_id == cast(SystemSetting.value, Integer),
+        user_group_members.c.user_id == user_id,
+    )
+
+
 def is_handler(session: Session, user_id: int) -> bool:
     """Whether the user is, right now, a member of the configured feedback recipients group."""
-    group = feedback_group(session)
-    if group is None:
-        return False
-    return bool(
-        session.scalar(
-            select(
-                exists().where(
-                    user_group_members.c.group_id == group.id,
-                    user_group_members.c.user_id == user_id,
-                )
-            )
-        )
-    )
+    return bool(session.scalar(select(_handler_now(user_id))))
 
 
 def _row(session: Session, user_id: int, conversation_id: int) -> Inbox | None:
@@ -830,11 +829,7 @@ def remove_from_inbox(session: Session, user: User, uids: Iterable[str]) -> list
 def _unread_conditions(user: User) -> tuple[list[ColumnElement[bool]], ColumnElement[bool]]:
     """The conditions on `Inbox` of the caller's unread rows, and "the caller handles feedback
     now" as an EXISTS over the setting and the membership (so no second statement decides it)."""
-    handler_now = exists().where(
-        SystemSetting.key == FEEDBACK_RECIPIENTS,
-        user_group_members.c.group_id == cast(SystemSetting.value, Integer),
-        user_group_members.c.user_id == user.id,
-    )
+    handler_now = _handler_now(user.id)
     # Spelled NOT read / NOT removed so that PostgreSQL matches the partial index's predicate
     # (it cannot prove `read IS false` implies it) and counts from the index alone.
     cond = [
@@ -1081,12 +1076,14 @@ def list_conversations(
     page: int = 1,
     page_size: int = 50,
     filters: ListFilters | None = None,
+    handler: bool | None = None,
 ) -> Page:
     """The caller's conversations (newest activity first unless `filters.order` says otherwise),
     one page of them, with the total of the filtered set for paging. Two statements: a count and
     the page; filters, search and order run in SQL."""
     f = filters or ListFilters()
-    handler = is_handler(session, user.id)
+    if handler is None:  # callers that know already (in this transaction) pass it
+        handler = is_handler(session, user.id)
     v = _visible_rows(user.id, handler)
     cond = _filter_conditions(session, user, f, handler, v)
     order = _order_by(f, handler, v)

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Request, g
 from flask_login import LoginManager, UserMixin, current_user
 from sqlalchemy import select
+from sqlalchemy.orm import lazyload
 
 from service import api_tokens
 from service.models import User
@@ -22,6 +23,9 @@ class CurrentUser(UserMixin):
     """The signed-in user as the web layer sees it: ids and flags, re-read every request."""
 
     def __init__(self, user: User) -> None:
+        # The ORM object stays referenced for the request, so that the request's session (whose
+        # identity map holds objects weakly) answers a later `get` of the caller without a query.
+        self.user = user
         self.id = user.uid  # Flask-Login stores this in the session
         self.pk = user.id
         self.uid = user.uid
@@ -39,7 +43,8 @@ def _session() -> Any:
 
 @login_manager.user_loader
 def _load_user(uid: str) -> CurrentUser | None:
-    user = _session().scalar(select(User).where(User.uid == uid))
+    # The caller's org units are loaded only when a request needs them (sending rights).
+    user = _session().scalar(select(User).where(User.uid == uid).options(lazyload(User.org_units)))
     if user is None or user.disabled:
         return None
     return CurrentUser(user)
@@ -68,7 +73,9 @@ def authenticate(username: str, password: str) -> CurrentUser | None:
     """The user with these credentials, or None. Disabled users cannot sign in."""
     if "\x00" in username or len(username) > 255:  # cannot be a stored username
         return None
-    user = _session().scalar(select(User).where(User.username == username))
+    user = _session().scalar(
+        select(User).where(User.username == username).options(lazyload(User.org_units))
+    )
     ok = verify_password(password, user.password_hash if user else None)
     if user is None or not ok or user.disabled:
         return None

@@ -407,7 +407,12 @@ def inbox() -> Any:
     handler = msg.is_handler(session, user.id)
     query = InboxQuery.from_args(request.args, handler)
     result = msg.list_conversations(
-        session, user, page=query.page, page_size=PAGE_SIZE, filters=query.filters(user)
+        session,
+        user,
+        page=query.page,
+        page_size=PAGE_SIZE,
+        filters=query.filters(user),
+        handler=handler,
     )
     if not result.items and query.page > result.page_count:
         return redirect(query.url(page=result.page_count))

@@ -1156,6 +1156,32 @@ def test_unread_counts_are_one_statement(db: Session, app: Flask) -> None:
     assert len(counted) == 1
 
 
+def test_the_unread_badge_is_two_statements_for_a_signed_in_user(db: Session, app: Flask) -> None:
+    """The caller is read once per request (without their org units, which a count does not
+    need) and reused by the view; then the count."""
+    me = person(db, units=(f.org_unit(db),))
+    client = signed_in(app, me)
+    db.expunge_all()  # nothing of the caller is left in memory from the test's side
+    del me
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if "SAVEPOINT" not in statement:  # the test's rolled-back transaction, not the request's
+            statements.append(" ".join(statement.split())[:120])
+
+    engine = db.get_bind().engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        resp = client.get("/api/me/dashboard")
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert resp.status_code == 200 and resp.json == {
+        "unreadMessageConversations": 0,
+        "unreadInterpretations": 0,
+    }
+    assert len(statements) == 2, statements
+
+
 # ---------------------------------------------------------------------------------------------
 # The composer's live recipient count
 
