@@ -1,4 +1,4 @@
-# One image for every process of the service (see docker-compose.yml). First version.
+# One image for every process of the service (see docker-compose.yml).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
