@@ -43,6 +43,10 @@ csrf.exempt(bp)
 
 MAX_PAGE_SIZE = 500
 MAX_UNPAGED = 50_000
+# Each filter is a condition in the statement, each value a bound parameter: bounded, so that no
+# request builds a statement the database refuses.
+MAX_FILTERS = 20
+MAX_FILTER_VALUES = 100
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
@@ -277,26 +281,36 @@ def _condition(raw: str) -> msg.Condition:
         words = [v.strip() for v in items.split(",")]
         if not all(words):
             raise InvalidInput(f"Filter {raw!r} has an empty value.", field="filter")
+        if len(words) > MAX_FILTER_VALUES:
+            raise InvalidInput(
+                f"A filter takes at most {MAX_FILTER_VALUES} values.", field="filter"
+            )
         return msg.Condition(key, op, tuple(_filter_value(api_field, key, w) for w in words))
     return msg.Condition(key, op, (_filter_value(api_field, key, value),))
 
 
 def _order() -> tuple[tuple[str, bool], ...]:
-    out = []
-    for raw in request.args.getlist("order"):
-        for item in filter(None, (x.strip() for x in raw.split(","))):
-            name, _, direction = item.partition(":")
-            if name not in ORDER_FIELDS:
-                raise InvalidInput(
-                    f"Cannot order by {name!r}; supported: {', '.join(ORDER_FIELDS)}.",
-                    field="order",
-                )
-            direction = direction.lower() or "asc"
-            if direction not in ORDER_DIRECTIONS:
-                raise InvalidInput(
-                    f"Order direction must be asc or desc, got {direction!r}.", field="order"
-                )
-            out.append((ORDER_FIELDS[name], ORDER_DIRECTIONS[direction]))
+    out: list[tuple[str, bool]] = []
+    items = [
+        item
+        for raw in request.args.getlist("order")
+        for item in filter(None, (x.strip() for x in raw.split(",")))
+    ]
+    if len(items) > len(ORDER_FIELDS):
+        raise InvalidInput(f"Order by at most {len(ORDER_FIELDS)} fields at once.", field="order")
+    for item in items:
+        name, _, direction = item.partition(":")
+        if name not in ORDER_FIELDS:
+            raise InvalidInput(
+                f"Cannot order by {name!r}; supported: {', '.join(ORDER_FIELDS)}.",
+                field="order",
+            )
+        direction = direction.lower() or "asc"
+        if direction not in ORDER_DIRECTIONS:
+            raise InvalidInput(
+                f"Order direction must be asc or desc, got {direction!r}.", field="order"
+            )
+        out.append((ORDER_FIELDS[name], ORDER_DIRECTIONS[direction]))
     return tuple(out)
 
 
@@ -304,7 +318,10 @@ def _filters() -> msg.ListFilters:
     junction = request.args.get("rootJunction", "AND").upper()
     if junction != "AND":
         raise InvalidInput("Only rootJunction=AND is supported.", field="rootJunction")
-    conditions = [_condition(raw) for raw in request.args.getlist("filter")]
+    raw_filters = request.args.getlist("filter")
+    if len(raw_filters) > MAX_FILTERS:
+        raise InvalidInput(f"At most {MAX_FILTERS} filters at once.", field="filter")
+    conditions = [_condition(raw) for raw in raw_filters]
     # Convenience parameters (as the pages use them).
     for arg, key in (
         ("messageType", "message_type"),
@@ -321,6 +338,10 @@ def _filters() -> msg.ListFilters:
     query = request.args.get("queryString")
     if query is not None and len(query) > 200:
         raise InvalidInput("queryString must be at most 200 characters.", field="queryString")
+    if query is not None and len(query.split()) > msg.MAX_QUERY_TOKENS:
+        raise InvalidInput(
+            f"queryString may hold at most {msg.MAX_QUERY_TOKENS} words.", field="queryString"
+        )
     operator = request.args.get("queryOperator", "token").lower()
     if operator not in QUERY_OPERATORS:
         raise InvalidInput(
@@ -593,7 +614,7 @@ def _own_inbox(user: User, path_user_uid: str | None = None) -> None:
     """DHIS2's `user`/`userUid` parameters (and the user id in `DELETE /{id}/{userId}`) act for
     another user; here only for oneself. Either spelling naming anyone else is refused, never
     ignored: a script meant to act for someone else must not change its own inbox instead."""
-    given = [("user", request.args.get("user")), ("userUid", request.args.get("userUid"))]
+    given = [(name, v) for name in ("user", "userUid") for v in request.args.getlist(name)]
     if path_user_uid is not None:
         given.append(("userId", path_user_uid))
     for name, value in given:

@@ -312,16 +312,17 @@ def _paths() -> dict[str, Any]:
         _query("paging", {"type": "boolean"}, "false: every conversation, no pager"),
         _query(
             "filter",
-            {"type": "array", "items": {"type": "string"}},
+            {"type": "array", "items": {"type": "string"}, "maxItems": 20},
             "field:op:value with field one of messageType, status, priority, read, followUp, "
-            "assignee.id and op one of eq, ne, in, !in, null, !null; several combine",
+            "assignee.id and op one of eq, ne, in, !in, null, !null (in: at most 100 values); "
+            "at most 20 filters, which combine",
             style="form",
             explode=True,
         ),
         _query(
             "order",
-            {"type": "array", "items": {"type": "string"}},
-            "property:asc|desc, e.g. lastMessage:desc",
+            {"type": "array", "items": {"type": "string"}, "maxItems": 11},
+            "property:asc|desc, e.g. lastMessage:desc; at most 11 terms in all",
             style="form",
             explode=True,
         ),

@@ -288,10 +288,14 @@ def test_nobody_changes_another_users_read_state_or_inbox(
     uids = [conv_uid(world, k) for k in SEES]
     mine = {kind: _row(db, world, role, kind) for kind in SEES} if role in world.users else {}
     # DHIS2 spells "for this user" both ways; either, on any route, is refused (never ignored).
+    own = world.users[role].uid if role in world.users else other
     for param in ("user", "userUid"):
         for action in ("read", "unread", "followup", "unfollowup"):
             r = api(app, world, role, "POST", f"{API}/{action}?{param}={other}", json=uids)
             assert r.status_code == 403, (action, param, r.json)
+            # Every value counts, not the first: one's own id first changes nothing.
+            both = f"{API}/{action}?{param}={own}&{param}={other}"
+            assert api(app, world, role, "POST", both, json=uids).status_code == 403
         for kind in SEES:
             uid = conv_uid(world, kind)
             for url in (

@@ -565,6 +565,40 @@ def test_bad_list_parameters_are_400_naming_them(client, people, query, needle) 
     assert needle in r.json["message"] and r.json["status"] == "ERROR"
 
 
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        # Repeated enough, these built statements the database refused (a 500) before.
+        ("&".join(["filter=status:eq:OPEN"] * 1000), "filter"),
+        ("&".join(["filter=status:eq:OPEN"] * 21), "filter"),
+        ("&".join(["order=subject:asc"] * 2000), "order"),
+        ("order=" + ",".join(["subject:asc"] * 12), "order"),
+        ("filter=priority:in:[" + ",".join(["HIGH"] * 101) + "]", "filter"),
+        ("queryString=" + "+".join(["w"] * 11), "queryString"),
+    ],
+)
+def test_list_parameters_past_their_limits_are_400_naming_them(
+    client, people, query, field
+) -> None:
+    r = client.get(f"/api/messageConversations?{query}", headers=people["auth"]["nurse"])
+    assert r.status_code == 400, r.json
+    assert r.json["field"] == field and "at most" in r.json["message"].lower()
+
+
+def test_list_parameters_at_their_limits_are_answered(client, people) -> None:
+    query = "&".join(
+        [
+            *["filter=status:!null"] * 19,
+            "filter=priority:in:[" + ",".join(["HIGH"] * 100) + "]",
+            "order=" + ",".join(["subject:asc"] * 11),
+            "queryString=" + "+".join(["w"] * 10),
+        ]
+    )
+    r = client.get(f"/api/messageConversations?{query}", headers=people["auth"]["nurse"])
+    assert r.status_code == 200, r.json
+    assert r.json["pager"]["total"] == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Actions
 
