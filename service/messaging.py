@@ -524,14 +524,26 @@ def direct_conversation(
 
 
 def add_recipients(
-    session: Session, user: User, uid: str, to: Recipients, *, ou_mode: object = "SELECTED"
+    session: Session,
+    user: User,
+    uid: str,
+    to: Recipients,
+    *,
+    ou_mode: object = "SELECTED",
+    discussion: bool | None = None,
+    announcement_threshold: int = 50,
 ) -> Delivery:
     """Add users, groups and organisation units to a private conversation the caller is part of.
 
     The new recipients are written by the workers like a send (the caller commits, then
     publishes `delivery.plan` for the returned delivery); people already in it are left as they
     are. Sending rights apply as for a new message. An announcement takes new recipients from
-    its sender only; feedback, system messages and private threads take none."""
+    its sender only; feedback, system messages and private threads take none.
+
+    A discussion that would grow past `announcement_threshold` people is refused unless the
+    caller asks for a discussion (`discussion=True`), as a new message that large would be an
+    announcement: growing it silently would turn a small conversation into a reply-all storm
+    (and show every newcomer everyone else)."""
     conv, _acc = get_visible(session, user, uid)
     if conv.message_type != MessageType.PRIVATE.value or conv.parent_id is not None:
         raise Conflict(
@@ -544,6 +556,19 @@ def add_recipients(
     targets = _clean_targets(session, to, ou_mode)
     delivery = _record_targets(session, user, conv, targets, ou_mode == "DESCENDANTS", utcnow())
     _check_sending_rights(session, user, delivery.id, targets)
+    small = conv.participant_count <= announcement_threshold
+    if not conv.is_announcement and small and discussion is not True:
+        limit = max(1_000, announcement_threshold * 20)
+        new, routes = session.execute(
+            rcpt.sample_count(delivery.id, delivery.include_descendants, user.id, limit, conv.id)
+        ).one()
+        if conv.participant_count + new > announcement_threshold or routes >= limit:
+            raise Conflict(
+                f"These recipients would make this conversation reach more than "
+                f"{announcement_threshold} people. Send them a new message (it goes as an "
+                'announcement), or add them anyway with "discussion": true.',
+                field="discussion",
+            )
     return delivery
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import aliased
 
 from service.models import (
     DeliveryTarget,
+    Inbox,
     OrgUnit,
     OrgUnitGroup,
     TargetKind,
@@ -153,20 +154,27 @@ def recipients(
 
 
 def sample_count(
-    delivery_id: int, include_descendants: bool, exclude_user_id: int | None, limit: int
+    delivery_id: int,
+    include_descendants: bool,
+    exclude_user_id: int | None,
+    limit: int,
+    not_in_conversation: int | None = None,
 ) -> Select[tuple[int, int]]:
-    """(distinct recipients, routes read) among the first `limit` routes: bounded work.
+    """(distinct recipients, routes read) among the first `limit` routes: bounded work. With
+    `not_in_conversation`, only people who are not in that conversation yet count.
 
     When fewer than `limit` routes were read the distinct count is exact; otherwise the true
     number is at least the distinct count and there are at least `limit` routes.
     """
     routes = union_all(*_routes(delivery_id, include_descendants, None)).subquery("routes")
-    sample = (
-        select(routes.c[0].label("user_id"))
-        .where(_eligible(routes.c[0], exclude_user_id))
-        .limit(limit)
-        .subquery("sample")
-    )
+    cond = [_eligible(routes.c[0], exclude_user_id)]
+    if not_in_conversation is not None:
+        cond.append(
+            ~exists().where(
+                Inbox.user_id == routes.c[0], Inbox.conversation_id == not_in_conversation
+            )
+        )
+    sample = select(routes.c[0].label("user_id")).where(*cond).limit(limit).subquery("sample")
     return select(func.count(func.distinct(sample.c.user_id)), func.count())
 
 

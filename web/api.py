@@ -679,9 +679,20 @@ def add_recipients(uid: str) -> Response:
     data = _json_body()
     if not isinstance(data, dict):
         raise InvalidInput("The body must be a JSON object.", field="body")
+    discussion = data.get("discussion")
+    if discussion is not None and not isinstance(discussion, bool):
+        raise InvalidInput("discussion must be true or false.", field="discussion")
     to = _recipients(data)
     session = db()
-    delivery = msg.add_recipients(session, me(), uid, to, ou_mode=data.get("ouMode", "SELECTED"))
+    delivery = msg.add_recipients(
+        session,
+        me(),
+        uid,
+        to,
+        ou_mode=data.get("ouMode", "SELECTED"),
+        discussion=discussion,
+        announcement_threshold=_settings().announcement_threshold,
+    )
     session.commit()
     _publish("delivery.plan", delivery.id)
     ref = {

@@ -169,6 +169,8 @@ def _schemas() -> dict[str, Any]:
                 "organisationUnits",
                 "organisationUnitGroups",
                 "ouMode",
+                # needed to grow a discussion past the announcement threshold (else 409)
+                "discussion",
             )
         },
     }

@@ -666,6 +666,53 @@ def test_followup_read_unread_and_remove_for_the_caller_only(client, people, inb
     )
 
 
+def test_growing_a_discussion_past_the_announcement_threshold_needs_discussion_true(
+    app, client, db, people, publisher
+) -> None:
+    """A new message that large would be an announcement; adding people must not turn a small
+    discussion into a reply-all storm behind the sender's back."""
+    a = people["auth"]
+    crowd = [f.user(db) for _ in range(4)]
+    group = f.user_group(db, members=tuple(crowd))
+    r = client.post(
+        "/api/messageConversations",
+        json={"subject": "S", "text": "T", "users": [{"id": people["clerk"].uid}]},
+        headers=a["nurse"],
+    )
+    uid = r.json["id"]
+    deliver(db, db.scalar(select(Delivery.id).where(Delivery.uid == r.json["delivery"]["id"])))
+    threshold = app.extensions["settings"].announcement_threshold
+    assert threshold >= 4
+    # Enough people to pass the threshold: the group, plus users up to it.
+    extra = [f.user(db) for _ in range(threshold - 3)]
+    body = {"userGroups": [{"id": group.uid}], "users": [{"id": u.uid} for u in extra]}
+    before = db.scalar(select(func.count()).select_from(Delivery))
+    r = client.post(f"/api/messageConversations/{uid}/recipients", json=body, headers=a["nurse"])
+    assert r.status_code == 409 and r.json["field"] == "discussion", r.json
+    assert db.scalar(select(func.count()).select_from(Delivery)) == before
+    # People already in it do not count: the clerk again, and the group, stay within it.
+    small = {"userGroups": [{"id": group.uid}], "users": [{"id": people["clerk"].uid}]}
+    r = client.post(f"/api/messageConversations/{uid}/recipients", json=small, headers=a["nurse"])
+    assert r.status_code == 202, r.json
+    deliver(db, publisher.sent[-1][1][0])
+    r = client.post(
+        f"/api/messageConversations/{uid}/recipients",
+        json={**body, "discussion": "yes"},
+        headers=a["nurse"],
+    )
+    assert r.status_code == 400 and r.json["field"] == "discussion"
+    r = client.post(
+        f"/api/messageConversations/{uid}/recipients",
+        json={**body, "discussion": True},
+        headers=a["nurse"],
+    )
+    assert r.status_code == 202, r.json
+    deliver(db, publisher.sent[-1][1][0])
+    conv = db.scalar(select(Conversation).where(Conversation.uid == uid))
+    db.refresh(conv)
+    assert conv.participant_count == 2 + 4 + len(extra) and not conv.is_announcement
+
+
 def test_add_recipients_goes_through_a_delivery(client, db, people, publisher) -> None:
     a = people["auth"]
     r = client.post(
