@@ -11,6 +11,7 @@ import datetime as dt
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from flask_login import current_user
@@ -62,6 +63,18 @@ def _require_caller() -> Response | None:
     # requests carry their credentials explicitly and are not exposed to cross-site forgery.
     if request.method not in SAFE_METHODS and g.get("auth_method") not in ("basic", "token"):
         csrf.protect()
+    # A browser that has been given Basic credentials sends them on its own, to cross-site
+    # requests too: a write that a browser says comes from another site is refused. Scripts
+    # send no Origin; tokens are never sent by a browser on its own.
+    if request.method not in SAFE_METHODS and g.get("auth_method") == "basic":
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            return json_error(
+                403,
+                f"Cross-site request from {origin!r} refused: write with an API token, or "
+                "from this site's own pages.",
+                "Origin",
+            )
     return None
 
 
@@ -123,13 +136,20 @@ def _json_body() -> Any:
     data = request.get_json(silent=True)
     if data is None:
         if request.data.strip() == b"null":
-            raise InvalidInput("The body must be a JSON object or array, not null.", field="body")
+            raise InvalidInput("The body must not be JSON null.", field="body")
         raise InvalidInput("The body is not valid JSON (UTF-8).", field="body")
     return data
 
 
 def _text_body() -> str:
     """A plain-text body (DHIS2 replies and feedback); a JSON {"text": ...} body also works."""
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        # A form's fields are not a message text (curl -d sends this type unless told otherwise).
+        raise InvalidInput(
+            f"Send the text as text/plain, not {request.mimetype} "
+            "(with curl: -H 'Content-Type: text/plain').",
+            field="Content-Type",
+        )
     raw = request.get_data(cache=True)
     try:
         text = raw.decode("utf-8")
@@ -434,6 +454,10 @@ def create_conversation() -> Response:
     discussion = data.get("discussion")
     if discussion is not None and not isinstance(discussion, bool):
         raise InvalidInput("discussion must be true or false.", field="discussion")
+    if data.get("attachments"):
+        raise InvalidInput(
+            "Attachments are not supported: messages are text only.", field="attachments"
+        )
     to = _recipients(data)
     session = db()
     sent = msg.send_message(

@@ -140,6 +140,11 @@ def test_send_returns_201_location_and_id_then_publishes(client, db, people, pub
             "ouMode",
         ),
         ([1, 2], 400, "JSON object"),
+        (
+            {"subject": "S", "text": "T", "users": [{"id": "x"}], "attachments": ["a1b2c3d4e5f"]},
+            400,
+            "Attachments are not supported",
+        ),
     ],
 )
 def test_bad_sends_are_clear_4xx_and_write_nothing(
@@ -166,7 +171,7 @@ def test_bad_sends_are_clear_4xx_and_write_nothing(
     ("data", "message"),
     [
         (b"{not json", "The body is not valid JSON (UTF-8)."),
-        (b"null", "The body must be a JSON object or array, not null."),
+        (b"null", "The body must not be JSON null."),
     ],
 )
 def test_malformed_json_is_400_saying_what_is_wrong(client, people, data, message) -> None:
@@ -368,6 +373,47 @@ def test_session_writes_need_csrf_token(app, db, people) -> None:
     assert client.get("/api/me").status_code == 200
     r = client.post("/api/messageConversations/read", json=[])
     assert r.status_code == 400 and "security token" in r.json["message"]
+
+
+def test_cross_site_writes_with_basic_credentials_are_refused(client, db, people) -> None:
+    """A browser given Basic credentials sends them with a forged cross-site form post too."""
+    h = people["auth"]["nurse"]
+    url = "/api/messageConversations/feedback?subject=S"
+    before = db.scalar(select(func.count()).select_from(Conversation))
+    for origin in ("http://evil.example", "null", "http://localhost.evil.example"):
+        r = client.post(url, data="T", content_type="text/plain", headers={**h, "Origin": origin})
+        assert r.status_code == 403 and r.json["field"] == "Origin", (origin, r.json)
+    assert db.scalar(select(func.count()).select_from(Conversation)) == before
+    # Reading cross-site is not forgery; scripts send no Origin; the site's own origin writes.
+    r = client.get("/api/me", headers={**h, "Origin": "http://evil.example"})
+    assert r.status_code == 200
+    assert client.post(url, data="T", content_type="text/plain", headers=h).status_code == 201
+    r = client.post(
+        url, data="T", content_type="text/plain", headers={**h, "Origin": "http://localhost"}
+    )
+    assert r.status_code == 201, r.json
+
+
+@pytest.mark.parametrize(
+    "url", ["/api/messageConversations/feedback?subject=S", "/api/messageConversations/{uid}"]
+)
+def test_a_form_encoded_text_body_is_400_saying_what_to_send(client, db, people, url) -> None:
+    h = people["auth"]["nurse"]
+    r = client.post(
+        "/api/messageConversations",
+        json={"subject": "S", "text": "T", "users": [{"id": people["clerk"].uid}]},
+        headers=h,
+    )
+    before = db.scalar(select(func.count()).select_from(Message))
+    r = client.post(
+        url.format(uid=r.json["id"]),
+        data="The fridge is broken",
+        content_type="application/x-www-form-urlencoded",
+        headers=h,
+    )
+    assert r.status_code == 400 and r.json["field"] == "Content-Type", r.json
+    assert "text/plain" in r.json["message"]
+    assert db.scalar(select(func.count()).select_from(Message)) == before
 
 
 def test_user_lookup_searches_server_side(client, people) -> None:
