@@ -90,7 +90,18 @@ def _require_login() -> Response | None:
         return None
     if request.endpoint in JSON_ENDPOINTS:
         return _json_error(401, "Sign in first.")
-    return redirect(url_for("pages.login", next=_here()))
+    return redirect(url_for("pages.login", next=_back_after_sign_in()))
+
+
+def _back_after_sign_in() -> str:
+    """Where signing in leads: this page; for a form posted after the session ended, the page the
+    form was on (its action takes POST only, and a GET of it after signing in would be a 405)."""
+    if request.method in ("GET", "HEAD"):
+        return _here()
+    ref = urlsplit(request.referrer or "")
+    same_site = ref.netloc == request.host
+    page = ref.path + (f"?{ref.query}" if ref.query else "")
+    return safe_next(page, url_for("pages.inbox")) if same_site else url_for("pages.inbox")
 
 
 @bp.after_request

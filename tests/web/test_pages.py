@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask import Flask
@@ -304,6 +305,30 @@ def test_pages_require_sign_in_and_come_back_after(db: Session, app: Flask) -> N
     assert resp.headers["Location"] == f"/conversations/{conv.uid}?x=1"
     for url in ("/compose", "/feedback/new", "/settings"):
         assert app.test_client().get(url).status_code == 302
+
+
+def test_a_form_posted_after_the_session_ended_comes_back_to_its_page(
+    db: Session, app: Flask
+) -> None:
+    """The reply action takes POST only: signing in leads back to the conversation, not to a
+    GET of the action (a 405); another site's referrer leads to the inbox."""
+    sender, me = person(db), person(db, "me")
+    conv = sent_to(db, sender, me)
+    client = app.test_client()
+    page_url = f"http://localhost/conversations/{conv.uid}"
+    resp = client.post(
+        f"/conversations/{conv.uid}/reply", data={"text": "Hi"}, headers={"Referer": page_url}
+    )
+    assert resp.status_code == 302
+    assert parse_qs(urlsplit(resp.headers["Location"]).query)["next"] == [
+        f"/conversations/{conv.uid}"
+    ]
+    resp = client.post(
+        f"/conversations/{conv.uid}/reply",
+        data={"text": "Hi"},
+        headers={"Referer": "http://evil.example/conversations/x"},
+    )
+    assert parse_qs(urlsplit(resp.headers["Location"]).query)["next"] == ["/"]
 
 
 @pytest.mark.parametrize(
