@@ -392,9 +392,9 @@ def _conversations(ds: Dataset) -> Conversations:
         out.messages.append(
             (cid, serial_uid("M", cid), cid, creator, f"{subject}: text", False, at)
         )
-        out.inbox.append((creator, cid, True, False, False, False))
+        out.inbox.append((creator, cid, True, False, False, False, at))
         if other:
-            out.inbox.append((other, cid, not unread_for_other, False, False, other_as_handler))
+            out.inbox.append((other, cid, not unread_for_other, False, False, other_as_handler, at))
 
     for i in range(INBOX_CONVERSATIONS):
         sender = rng.randrange(len(NATIONAL) + 1, n_users + 1)

@@ -209,8 +209,9 @@ def vacuum(engine: Engine) -> None:
 
 
 FLOOR_SQL = """
-INSERT INTO inbox (user_id, conversation_id, read, followup, removed, as_handler)
-SELECT r.user_id, :cid, false, false, false, false
+INSERT INTO inbox (user_id, conversation_id, read, followup, removed, as_handler, last_activity_at)
+SELECT r.user_id, :cid, false, false, false, false,
+       (SELECT c.public_last_message_at FROM conversation c WHERE c.id = :cid)
 FROM (
     SELECT uou.user_id
     FROM org_unit root
@@ -283,9 +284,10 @@ def run_naive(url: str) -> tuple[float, int]:
             cid = _scratch_conversation(s, sender, "naive")
         t0 = time.perf_counter()
         with Session(engine) as s:
+            at = s.get_one(Conversation, cid).public_last_message_at
             ids = [r[0] for r in s.execute(text(SELECT_RECIPIENTS), _params(cid, sender))]
             for user_id in ids:
-                s.add(Inbox(user_id=user_id, conversation_id=cid))
+                s.add(Inbox(user_id=user_id, conversation_id=cid, last_activity_at=at))
                 s.flush()
             s.commit()
         elapsed = time.perf_counter() - t0

@@ -28,6 +28,8 @@ from service.models import (
     Inbox,
     Message,
     MessageType,
+    conversation_activity,
+    row_activity,
 )
 
 MAX_USER_ID = 2**31 - 1
@@ -168,8 +170,12 @@ def run_batch(session: Session, delivery_id: int, seq: int) -> BatchResult:
     ids = _recipient_ids(session, delivery, user_range).subquery("r")
     if delivery.kind == DeliveryKind.SEND.value:
         stmt = insert_ignore(session, Inbox).from_select(
-            ["user_id", "conversation_id"],
-            select(ids.c.user_id, literal(delivery.conversation_id)).where(literal(True)),
+            ["user_id", "conversation_id", "last_activity_at"],
+            select(
+                ids.c.user_id,
+                literal(delivery.conversation_id),
+                conversation_activity(delivery.conversation_id),
+            ).where(literal(True)),
         )
         rows = session.execute(stmt).rowcount
         session.execute(
@@ -178,7 +184,8 @@ def run_batch(session: Session, delivery_id: int, seq: int) -> BatchResult:
             .values(participant_count=Conversation.participant_count + rows)
         )
     else:
-        # Everyone in the slice now has an unread reply; a removed copy comes back.
+        # Everyone in the slice now has an unread reply (a removed copy comes back), and the
+        # conversation's latest activity moves it up their inbox.
         rows = session.scalar(select(func.count()).select_from(ids)) or 0
         session.execute(
             update(Inbox)
@@ -186,9 +193,8 @@ def run_batch(session: Session, delivery_id: int, seq: int) -> BatchResult:
                 Inbox.conversation_id == delivery.conversation_id,
                 Inbox.user_id.between(*user_range),
                 Inbox.user_id != (delivery.actor_id or 0),
-                (Inbox.read.is_(True)) | (Inbox.removed.is_(True)),
             )
-            .values(read=False, removed=False)
+            .values(read=False, removed=False, last_activity_at=row_activity())
         )
     session.execute(
         update(DeliveryBatch)
@@ -286,7 +292,9 @@ def _notify_failure(session: Session, delivery: Delivery, now: dt.datetime) -> N
     session.add(conv)
     session.flush()
     session.add(Message(conversation_id=conv.id, sender_id=None, text=text, created_at=now))
-    session.add(Inbox(user_id=delivery.actor_id, conversation_id=conv.id, read=False))
+    session.add(
+        Inbox(user_id=delivery.actor_id, conversation_id=conv.id, read=False, last_activity_at=now)
+    )
     session.flush()
 
 

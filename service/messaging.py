@@ -53,6 +53,8 @@ from service.models import (
     TargetKind,
     User,
     UserGroup,
+    conversation_activity,
+    row_activity,
     user_group_members,
 )
 from service.system_settings import FEEDBACK_RECIPIENTS, feedback_group
@@ -476,7 +478,7 @@ def send_message(
     conv.is_announcement = large and discussion is not True
 
     session.add(Message(conversation_id=conv.id, sender_id=sender.id, text=text, created_at=now))
-    session.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True))
+    session.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True, last_activity_at=now))
     session.flush()
     return Sent(conversation=conv, delivery=delivery)
 
@@ -512,10 +514,16 @@ def direct_conversation(
     session.add(conv)
     session.flush()
     session.add(Message(conversation_id=conv.id, sender_id=sender.id, text=text, created_at=now))
-    session.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True))
+    session.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True, last_activity_at=now))
     others = [uid for uid in set(recipient_ids) if uid != sender.id]
     session.add_all(
-        Inbox(user_id=uid, conversation_id=conv.id, read=False, as_handler=as_handler)
+        Inbox(
+            user_id=uid,
+            conversation_id=conv.id,
+            read=False,
+            as_handler=as_handler,
+            last_activity_at=now,
+        )
         for uid in others
     )
     conv.participant_count = 1 + len(others)
@@ -627,13 +635,26 @@ def _append(
 def _set_own_read(session: Session, user_id: int, conv_id: int, *, as_handler: bool) -> None:
     session.execute(
         insert_ignore(session, Inbox).values(
-            user_id=user_id, conversation_id=conv_id, read=True, as_handler=as_handler
+            user_id=user_id,
+            conversation_id=conv_id,
+            read=True,
+            as_handler=as_handler,
+            last_activity_at=conversation_activity(conv_id, as_handler),
         )
     )
     session.execute(
         update(Inbox)
         .where(Inbox.user_id == user_id, Inbox.conversation_id == conv_id)
-        .values(read=True, removed=False)
+        .values(read=True, removed=False, last_activity_at=row_activity())
+    )
+
+
+def _touch_rows(session: Session, conv_id: int) -> None:
+    """Every row of a small conversation takes its latest activity (after a reply)."""
+    session.execute(
+        update(Inbox)
+        .where(Inbox.conversation_id == conv_id)
+        .values(last_activity_at=row_activity())
     )
 
 
@@ -657,10 +678,14 @@ def _mark_ticket_unread(
         handlers = handler_ids.subquery("h")
         session.execute(
             insert_ignore(session, Inbox).from_select(
-                ["user_id", "conversation_id", "read", "as_handler"],
-                select(handlers.c.user_id, literal(conv.id), false(), true()).where(
-                    handlers.c.user_id != replier_id
-                ),
+                ["user_id", "conversation_id", "read", "as_handler", "last_activity_at"],
+                select(
+                    handlers.c.user_id,
+                    literal(conv.id),
+                    false(),
+                    true(),
+                    conversation_activity(conv.id, as_handler=True),
+                ).where(handlers.c.user_id != replier_id),
             )
         )
         session.execute(
@@ -709,9 +734,17 @@ def _thread_for(
             session.flush()
             session.add_all(
                 [
-                    Inbox(user_id=user.id, conversation_id=thread.id, read=True),
                     Inbox(
-                        user_id=announcement.created_by_id, conversation_id=thread.id, read=False
+                        user_id=user.id,
+                        conversation_id=thread.id,
+                        read=True,
+                        last_activity_at=now,
+                    ),
+                    Inbox(
+                        user_id=announcement.created_by_id,
+                        conversation_id=thread.id,
+                        read=False,
+                        last_activity_at=now,
                     ),
                 ]
             )
@@ -758,6 +791,7 @@ def reply(
             .values(read=False, removed=False)
         )
         _set_own_read(session, user.id, thread.id, as_handler=False)
+        _touch_rows(session, thread.id)
         session.flush()
         return Replied(conversation=thread, message=msg, delivery=None)
 
@@ -784,6 +818,9 @@ def reply(
             touched_at=now,
         )
         session.add(delivery)
+    if delivery is None:
+        _touch_rows(session, conv.id)
+    # (A large conversation's rows take it batch by batch, with their unread mark.)
     session.flush()
     return Replied(conversation=conv, message=msg, delivery=delivery)
 
@@ -821,7 +858,11 @@ def _set_flags(session: Session, user: User, uids: Iterable[str], **values: bool
         if acc.row is None:
             session.execute(
                 insert_ignore(session, Inbox).values(
-                    user_id=user.id, conversation_id=conv.id, read=True, as_handler=as_handler
+                    user_id=user.id,
+                    conversation_id=conv.id,
+                    read=True,
+                    as_handler=as_handler,
+                    last_activity_at=conversation_activity(conv.id, as_handler),
                 )
             )
         session.execute(
@@ -928,11 +969,12 @@ def _visible_rows(user_id: int, handler: bool):  # type: ignore[no-untyped-def]
         Inbox.conversation_id.label("conversation_id"),
         Inbox.read.label("read"),
         Inbox.followup.label("followup"),
+        Inbox.last_activity_at.label("last_activity_at"),
     ).where(Inbox.user_id == user_id, Inbox.removed.is_(False))
     if not handler:
         return mine.where(Inbox.as_handler.is_(False)).subquery("v")
     # Handlers also see every feedback conversation they have no row for (joined later).
-    unseen = select(Conversation.id, true(), false()).where(
+    unseen = select(Conversation.id, true(), false(), Conversation.last_message_at).where(
         Conversation.message_type == MessageType.TICKET.value,
         ~exists().where(Inbox.user_id == user_id, Inbox.conversation_id == Conversation.id),
     )
@@ -1070,10 +1112,11 @@ _STATUS_RANK = case(
 
 
 def _order_by(f: ListFilters, handler: bool, v) -> list[ColumnElement[object]]:  # type: ignore[no-untyped-def]
-    last = Conversation.last_message_at if handler else Conversation.public_last_message_at
     count = Conversation.message_count if handler else Conversation.public_message_count
     columns: dict[str, ColumnElement[object]] = {
-        "last_message": last,
+        # The caller's own rows carry the activity they may see (`Inbox.last_activity_at`), so
+        # the newest page is read from an index, not sorted out of every conversation.
+        "last_message": v.c.last_activity_at,
         "created": Conversation.created_at,
         "subject": func.lower(Conversation.subject),
         "message_count": count,
@@ -1090,7 +1133,7 @@ def _order_by(f: ListFilters, handler: bool, v) -> list[ColumnElement[object]]: 
             )
         out.append(columns[key].desc() if descending else columns[key].asc())
     # A stable tie-break so that pages never overlap or skip.
-    out.append(Conversation.id.desc())
+    out.append(v.c.conversation_id.desc())
     return out
 
 

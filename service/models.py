@@ -20,10 +20,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     false,
+    select,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from service.db import Base, UTCDateTime, new_uid, utcnow
 
@@ -266,9 +270,16 @@ class Inbox(Base):
     removed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # A feedback handler's row: shown only while the user is still a handler.
     as_handler: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The conversation's latest activity as this row's reader sees it: the last message including
+    # internal replies on a handler's row, the last public message on every other row (so the
+    # order of anyone else's inbox says nothing about internal replies). The inbox is listed
+    # newest first from the index below instead of from 10,000 conversations. Every statement that
+    # writes a row sets it (no default, so a path that forgets fails), from `row_activity`.
+    last_activity_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_inbox_conversation", "conversation_id"),
+        Index("ix_inbox_user_activity", "user_id", "last_activity_at", "conversation_id"),
         # Unread counts read only this small partial index.
         Index(
             "ix_inbox_unread",
@@ -375,3 +386,26 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
     user: Mapped[User] = relationship()
+
+
+def row_activity() -> ScalarSelect[dt.datetime]:
+    """`Inbox.last_activity_at` for the `inbox` row being updated, read from its conversation in
+    the same statement (so no batch ever writes a time older than the conversation's)."""
+    return (
+        select(
+            case(
+                (Inbox.as_handler, Conversation.last_message_at),
+                else_=Conversation.public_last_message_at,
+            )
+        )
+        .where(Conversation.id == Inbox.conversation_id)
+        .scalar_subquery()
+    )
+
+
+def conversation_activity(
+    conversation_id: int | ColumnElement[int], as_handler: bool = False
+) -> ScalarSelect[dt.datetime]:
+    """`Inbox.last_activity_at` for a new row of a conversation, read in the inserting statement."""
+    column = Conversation.last_message_at if as_handler else Conversation.public_last_message_at
+    return select(column).where(Conversation.id == conversation_id).scalar_subquery()

@@ -57,8 +57,12 @@ def conversation(db: Session, uid: str, sender: User, *recipients: User) -> Conv
     db.add(conv)
     db.flush()
     db.add(Message(conversation_id=conv.id, sender_id=sender.id, text="Hello"))
-    db.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True))
-    db.add_all(Inbox(user_id=r.id, conversation_id=conv.id, read=False) for r in recipients)
+    at = conv.public_last_message_at
+    db.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True, last_activity_at=at))
+    db.add_all(
+        Inbox(user_id=r.id, conversation_id=conv.id, read=False, last_activity_at=at)
+        for r in recipients
+    )
     db.flush()
     return conv
 

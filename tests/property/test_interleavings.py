@@ -4,9 +4,10 @@ membership changes, on a real PostgreSQL session (rolled back after each example
 
 After every step the service is checked against a small model and against recounts from its
 own rows: every user's unread count equals a recount (and the model's), every inbox row has
-the read/removed state the operations so far imply (no lost update), removed conversations are
-absent from inboxes, internal replies are seen and counted by feedback handlers only, and the
-last status written is the status."""
+the read/removed state the operations so far imply (no lost update) and the latest activity its
+reader may see (inboxes list newest activity first), removed conversations are absent from
+inboxes, internal replies are seen and counted by feedback handlers only, and the last status
+written is the status."""
 
 from __future__ import annotations
 
@@ -341,6 +342,47 @@ class Interleavings(RuleBasedStateMachine):
                 c = next(i for i, x in enumerate(self.convs) if x.id == s.conversation.id)
                 row = self.rows.get((u, c))
                 assert s.read == (True if row is None else row.read)
+
+    @invariant()
+    def inbox_rows_carry_the_activity_their_reader_may_see(self) -> None:
+        """A handler's row moves with internal replies; every other row with public ones only,
+        so the order of a feedback sender's inbox says nothing about internal replies."""
+        rows = self.db.execute(
+            select(
+                Inbox.last_activity_at,
+                Inbox.as_handler,
+                Conversation.last_message_at,
+                Conversation.public_last_message_at,
+            )
+            .join(Conversation, Conversation.id == Inbox.conversation_id)
+            .where(Conversation.id.in_([c.id for c in self.convs]))
+        ).all()
+        for at, as_handler, last, public in rows:
+            assert at == (last if as_handler else public)
+
+    @invariant()
+    def inboxes_list_newest_activity_first(self) -> None:
+        times = {
+            cid: (last, public)
+            for cid, last, public in self.db.execute(
+                select(
+                    Conversation.id,
+                    Conversation.last_message_at,
+                    Conversation.public_last_message_at,
+                ).where(Conversation.id.in_([c.id for c in self.convs]))
+            )
+        }
+        convs = {x.id: i for i, x in enumerate(self.convs)}
+        for u, user in enumerate(self.users):
+            listed = [s.conversation.id for s in msg.list_conversations(self.db, user).items]
+
+            def key(cid: int, u: int = u) -> tuple[object, int]:
+                row = self.rows.get((u, convs[cid]))
+                # A handler's row, or a feedback message a handler has no row for yet.
+                handler_view = row is None or row.as_handler
+                return (times[cid][0] if handler_view else times[cid][1], cid)
+
+            assert listed == sorted(listed, key=key, reverse=True)
 
     @invariant()
     def internal_replies_reach_handlers_only(self) -> None:

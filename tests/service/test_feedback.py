@@ -9,9 +9,10 @@ from sqlalchemy.orm import Session
 from service import feedback as fb
 from service import messaging as msg
 from service.errors import Conflict, Forbidden, InvalidInput, NotFound
-from service.models import user_group_members
+from service.models import User, user_group_members
 from service.system_settings import set_feedback_group
 from tests import factories as f
+from tests.helpers import deliver
 
 
 def test_feedback_without_a_configured_group_is_refused(db: Session) -> None:
@@ -74,6 +75,25 @@ def test_internal_replies_are_seen_by_handlers_only(db: Session) -> None:
     assert [m.internal for m in handler_view.messages] == [False, True]
     with pytest.raises(Forbidden):
         msg.reply(db, sender, conv.uid, "x", internal=True)
+
+
+def test_internal_replies_move_feedback_up_the_handlers_inboxes_only(db: Session) -> None:
+    """The order of the feedback sender's inbox says nothing about internal replies."""
+    h1, h2 = f.user(db), f.user(db)
+    f.feedback_team(db, h1, h2)
+    sender = f.user(db)
+    feedback = fb.send_feedback(db, sender, "S", "T")
+    news = msg.send_message(db, h2, "News", "T", msg.Recipients(users=[sender.uid, h1.uid]))
+    deliver(db, news.delivery.id)
+
+    def order(user: User) -> list[str]:
+        return [s.conversation.uid for s in msg.list_conversations(db, user).items]
+
+    msg.reply(db, h1, feedback.uid, "internal note", internal=True)
+    assert order(sender) == [news.conversation.uid, feedback.uid]
+    assert order(h1) == order(h2) == [feedback.uid, news.conversation.uid]
+    msg.reply(db, h2, feedback.uid, "public answer")
+    assert order(sender) == [feedback.uid, news.conversation.uid]
 
 
 def test_handlers_set_status_priority_and_assignee_senders_cannot(db: Session) -> None:

@@ -211,6 +211,33 @@ def test_large_reply_is_fanned_out_by_a_reply_delivery(db: Session) -> None:
     assert msg.unread_count(db, others[0]) == 0
 
 
+def test_a_reply_moves_the_conversation_up_every_inbox_large_ones_batch_by_batch(
+    db: Session,
+) -> None:
+    a = f.user(db)
+    others = [f.user(db) for _ in range(4)]
+    everyone = msg.Recipients(users=[u.uid for u in others])
+    older = msg.send_message(db, a, "Older", "T", everyone, discussion=True)
+    deliver(db, older.delivery.id)
+    newer = msg.send_message(db, a, "Newer", "T", everyone, discussion=True)
+    deliver(db, newer.delivery.id)
+
+    def order(user: User) -> list[str]:
+        return [s.conversation.uid for s in msg.list_conversations(db, user).items]
+
+    assert order(others[1]) == [newer.conversation.uid, older.conversation.uid]
+    replied = msg.reply(db, others[0], older.conversation.uid, "R", inline_unread_limit=2)
+    assert replied.delivery is not None
+    assert order(others[0]) == [older.conversation.uid, newer.conversation.uid]  # at once
+    deliver(db, replied.delivery.id, batch_size=2)
+    for user in (a, *others[1:]):
+        assert order(user) == [older.conversation.uid, newer.conversation.uid]
+    # A small conversation's rows move in the request itself.
+    msg.reply(db, others[2], newer.conversation.uid, "R")
+    for user in (a, *others):
+        assert order(user) == [newer.conversation.uid, older.conversation.uid]
+
+
 def test_announcement_replies_go_to_a_private_thread_with_the_sender(db: Session) -> None:
     sender = f.user(db)
     people = [f.user(db) for _ in range(4)]

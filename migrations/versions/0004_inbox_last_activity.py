@@ -1,0 +1,49 @@
+"""inbox rows carry their conversation's latest activity, for listing an inbox from an index
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-04 17:30:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+import service.db
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("inbox", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("last_activity_at", service.db.UTCDateTime(timezone=True), nullable=True)
+        )
+    # A handler's row sees internal replies; every other row the public activity only.
+    op.execute(
+        "UPDATE inbox SET last_activity_at = ("
+        " SELECT CASE WHEN inbox.as_handler THEN c.last_message_at"
+        " ELSE c.public_last_message_at END"
+        " FROM conversation c WHERE c.id = inbox.conversation_id)"
+    )
+    with op.batch_alter_table("inbox", schema=None) as batch_op:
+        batch_op.alter_column(
+            "last_activity_at",
+            existing_type=service.db.UTCDateTime(timezone=True),
+            nullable=False,
+        )
+        batch_op.create_index(
+            "ix_inbox_user_activity",
+            ["user_id", "last_activity_at", "conversation_id"],
+            unique=False,
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("inbox", schema=None) as batch_op:
+        batch_op.drop_index("ix_inbox_user_activity")
+        batch_op.drop_column("last_activity_at")
