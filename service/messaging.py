@@ -400,14 +400,19 @@ def _check_sending_rights(
     if sender.is_admin or sender.is_broadcaster:
         return
     own_paths = [ou.path for ou in sender.org_units]
-    outside = session.scalars(
-        rcpt.units_outside(rcpt.target_org_units(source), own_paths).limit(5)
-    ).all()
+    outside = session.scalars(rcpt.named_units_outside(source, own_paths).limit(5)).all()
     if outside:
         raise Forbidden(
             "You may only send to organisation units within your own assigned units; not "
             f"within them: {', '.join(sorted(outside))}",
             field="organisationUnits",
+        )
+    groups = session.scalars(rcpt.groups_outside(source, own_paths).limit(5)).all()
+    if groups:
+        raise Forbidden(
+            "You may only send to organisation-unit groups whose units are all within your own "
+            f"assigned units; reaching beyond them: {', '.join(sorted(groups))}",
+            field="organisationUnitGroups",
         )
 
 
@@ -1277,17 +1282,23 @@ def _participants(
 def delivery_for(session: Session, user: User, uid: str) -> Delivery:
     """The conversation's original delivery, for its sender and administrators only."""
     conv = session.scalar(select(Conversation).where(Conversation.uid == uid))
-    allowed = conv is not None and (user.is_admin or conv.created_by_id == user.id)
-    if conv is not None and allowed:
-        found = session.scalar(
-            select(Delivery)
-            .where(Delivery.conversation_id == conv.id, Delivery.kind == DeliveryKind.SEND.value)
-            .order_by(Delivery.id)
-            .limit(1)
+    if conv is None:
+        raise NotFound(f"Message conversation does not exist: {uid}", field="id")
+    if not (user.is_admin or conv.created_by_id == user.id):
+        if access(session, user, conv) is None:  # as if it did not exist
+            raise NotFound(f"Message conversation does not exist: {uid}", field="id")
+        raise Forbidden(
+            "Only the sender of a message and administrators follow its delivery.", field="id"
         )
-        if found is not None:
-            return found
-    raise NotFound(f"Message conversation does not exist: {uid}", field="id")
+    found = session.scalar(
+        select(Delivery)
+        .where(Delivery.conversation_id == conv.id, Delivery.kind == DeliveryKind.SEND.value)
+        .order_by(Delivery.id)
+        .limit(1)
+    )
+    if found is None:
+        raise NotFound(f"Message conversation {uid} has no delivery.", field="id")
+    return found
 
 
 def delivery_by_uid(session: Session, user: User, uid: str) -> Delivery:

@@ -178,11 +178,30 @@ def sample_count(
     return select(func.count(func.distinct(sample.c.user_id)), func.count())
 
 
+def _inside(allowed_paths: list[str]) -> ColumnElement[bool]:
+    if not allowed_paths:
+        return literal(False)
+    return or_(*(OrgUnit.path.startswith(p, autoescape=True) for p in allowed_paths))
+
+
 def units_outside(unit_ids: Select[tuple[int]], allowed_paths: list[str]) -> Select[tuple[str]]:
     """UIDs of units in `unit_ids` not inside any subtree whose root path is in `allowed_paths`."""
-    inside = (
-        or_(*(OrgUnit.path.startswith(p, autoescape=True) for p in allowed_paths))
-        if allowed_paths
-        else literal(False)
+    return select(OrgUnit.uid).where(OrgUnit.id.in_(unit_ids), ~_inside(allowed_paths))
+
+
+def named_units_outside(source: TargetSource, allowed_paths: list[str]) -> Select[tuple[str]]:
+    """UIDs of the organisation units named directly that lie outside `allowed_paths`."""
+    return units_outside(_targets(source, TargetKind.ORG_UNIT), allowed_paths)
+
+
+def groups_outside(source: TargetSource, allowed_paths: list[str]) -> Select[tuple[str]]:
+    """UIDs of the organisation-unit groups named that hold a unit outside `allowed_paths`."""
+    outside = (
+        select(org_unit_group_members.c.group_id)
+        .join(OrgUnit, OrgUnit.id == org_unit_group_members.c.org_unit_id)
+        .where(~_inside(allowed_paths))
     )
-    return select(OrgUnit.uid).where(OrgUnit.id.in_(unit_ids), ~inside)
+    return select(OrgUnitGroup.uid).where(
+        OrgUnitGroup.id.in_(_targets(source, TargetKind.ORG_UNIT_GROUP)),
+        OrgUnitGroup.id.in_(outside),
+    )

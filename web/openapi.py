@@ -547,9 +547,9 @@ def _paths() -> dict[str, Any]:
         "/api/messageConversations/{id}/delivery": {
             "parameters": [conv_id],
             "get": _op(
-                "Delivery progress (sender and administrators)",
+                "Delivery progress (sender and administrators; other participants get 403)",
                 _json(_ref("Delivery"), "Progress"),
-                errors=(400, 404),
+                errors=(400, 403, 404),
             ),
         },
         "/api/deliveries/{id}": {

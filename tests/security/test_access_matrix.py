@@ -451,7 +451,12 @@ def _delivery_progress_for_its_sender_and_administrators(
         dr = api(app, world, role, "GET", f"/api/deliveries/{r.json['id']}")
         assert dr.status_code == 200
     else:
-        _same_as_missing(app, world, role, "GET", f"{API}/{{id}}/delivery", uid)
+        if role in SEES[kind]:
+            # A participant sees the conversation, so a refusal reveals nothing: it says why.
+            assert r.status_code == 403, (kind, role, r.status_code)
+            assert r.json["message"].startswith("Only the sender"), r.json
+        else:
+            _same_as_missing(app, world, role, "GET", f"{API}/{{id}}/delivery", uid)
         owner = api(app, world, starter, "GET", f"{API}/{uid}/delivery").json["id"]
         _same_as_missing(app, world, role, "GET", "/api/deliveries/{id}", owner)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from flask import Flask
@@ -177,6 +178,23 @@ def test_malformed_bodies(app: Flask, world_with_group: World, unchanged, form_n
         resp = client.post(url, data=raw, content_type=ctype)
         assert resp.status_code < 500, (form_name, raw[:30], resp.status_code)
         unchanged(accepted=resp.status_code < 400)
+
+
+@pytest.mark.parametrize("form_name", ["compose", "feedback", "reply"])
+def test_percent_escapes_that_are_not_utf8_are_refused_naming_the_field(
+    app: Flask, world_with_group: World, unchanged, form_name: str
+) -> None:
+    """Werkzeug would store "%ED%A0%80" (an encoded surrogate) or "%FF" as literal text."""
+    world = world_with_group
+    client, url, valid = _form(app, world, form_name)
+    for bad in (b"%FF", b"%ED%A0%80", b"ok%C3"):
+        body = urlencode({k: v for k, v in valid.items() if k != "text"}).encode()
+        resp = client.post(
+            url, data=body + b"&text=" + bad, content_type="application/x-www-form-urlencoded"
+        )
+        assert resp.status_code == 400, (form_name, bad, resp.status_code)
+        assert "text is not valid UTF-8" in resp.get_data(as_text=True)
+        unchanged()
 
 
 @pytest.mark.parametrize("form_name", list(FORMS))

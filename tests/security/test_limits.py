@@ -3,6 +3,7 @@ naming the field, and nothing is written."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -70,6 +71,51 @@ def test_oversized_body_is_413_with_a_clear_json_message(
         headers=world.auth("sender"),
     )
     assert r.status_code == 413 and r.is_json
+    unchanged()
+
+
+@pytest.mark.parametrize("over", [1, 1024 * 1024])
+def test_a_chunked_body_over_the_limit_is_413_too(
+    app: Flask, world: World, unchanged, over: int
+) -> None:
+    """Without a Content-Length (Transfer-Encoding: chunked, which gunicorn and the development
+    server pass on as a terminated stream) the limit holds as it does with one."""
+    big = json.dumps(_send(world, text="x" * MAX_CONTENT_LENGTH)).encode()
+    for path, body, mimetype in (
+        (API, big[: MAX_CONTENT_LENGTH + over], "application/json"),
+        (f"{API}/{world.private.uid}", b"y" * (MAX_CONTENT_LENGTH + over), "text/plain"),
+    ):
+        r = app.test_client().post(
+            path,
+            input_stream=io.BytesIO(body),
+            content_type=mimetype,
+            headers={**world.auth("sender"), "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
+        assert r.status_code == 413, (path, r.status_code, r.get_data()[:200])
+        assert r.is_json and "1024 KiB" in r.json["message"]
+    unchanged()
+
+
+def test_query_parameters_that_are_not_utf8_are_refused_naming_them(
+    app: Flask, world: World, unchanged
+) -> None:
+    client = app.test_client()
+    for query, field in (
+        ("subject=bad%FFx", "subject"),
+        ("subject=ok&x%ED%A0%80=1", "x\ufffd\ufffd\ufffd"),
+    ):
+        r = client.post(
+            f"{API}/feedback?{query}",
+            data="Text",
+            content_type="text/plain",
+            headers=world.auth("participant"),
+        )
+        assert r.status_code == 400, (query, r.json)
+        assert r.json["field"] == field
+        assert "not valid UTF-8" in r.json["message"]
+    r = client.get(f"{API}?queryString=%FF", headers=world.auth("participant"))
+    assert r.status_code == 400 and r.json["field"] == "queryString"
     unchanged()
 
 

@@ -160,8 +160,21 @@ def test_sending_rights_follow_assigned_subtrees(db: Session, tree) -> None:
     with pytest.raises(Forbidden, match=tree["other"].uid):
         msg.send_message(db, district_user, "S", "T", msg.Recipients(org_units=[tree["other"].uid]))
     group = f.org_unit_group(db, (tree["facility"], tree["other"]))
-    with pytest.raises(Forbidden):
-        msg.send_message(db, district_user, "S", "T", msg.Recipients(org_unit_groups=[group.uid]))
+    inside = f.org_unit_group(db, (tree["facility"],))
+    # The group is named as the input at fault, not a unit the sender never typed.
+    with pytest.raises(Forbidden, match=group.uid) as refused:
+        msg.send_message(
+            db,
+            district_user,
+            "S",
+            "T",
+            msg.Recipients(org_unit_groups=[inside.uid, group.uid]),
+        )
+    assert refused.value.field == "organisationUnitGroups"
+    assert tree["other"].uid not in str(refused.value)
+    assert msg.send_message(
+        db, district_user, "S", "T", msg.Recipients(org_unit_groups=[inside.uid])
+    ).delivery
     broadcaster = f.user(db, broadcaster=True)
     assert msg.send_message(
         db, broadcaster, "S", "T", msg.Recipients(org_units=[tree["other"].uid])
@@ -288,8 +301,12 @@ def test_nobody_reads_or_changes_a_conversation_they_are_not_part_of(db: Session
         msg.reply(db, stranger, uid, "x")
     assert msg.mark_read(db, stranger, [uid]) == []
     assert msg.remove_from_inbox(db, stranger, [uid]) == []
+    # Only the sender and administrators follow the delivery: a recipient is told so, someone
+    # outside the conversation gets what a missing one gets.
+    with pytest.raises(Forbidden):
+        msg.delivery_for(db, b, uid)
     with pytest.raises(NotFound):
-        msg.delivery_for(db, b, uid)  # only the sender and administrators see delivery
+        msg.delivery_for(db, stranger, uid)
     assert msg.delivery_for(db, a, uid).id == sent.delivery.id
 
 

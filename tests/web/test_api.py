@@ -95,7 +95,10 @@ def test_send_returns_201_location_and_id_then_publishes(client, db, people, pub
     r = client.get(f"/api/messageConversations/{uid}/delivery", headers=people["auth"]["admin"])
     assert r.json["state"] == "DELIVERED" and r.json["total"] == 3 and r.json["delivered"] == 3
     r = client.get(f"/api/messageConversations/{uid}/delivery", headers=people["auth"]["nurse"])
-    assert r.status_code == 404  # recipients do not see delivery
+    # Recipients see the conversation, not its delivery: refused, and said so.
+    assert r.status_code == 403 and r.json["message"].startswith("Only the sender"), r.json
+    r = client.get(f"/api/messageConversations/{uid}/delivery", headers=people["auth"]["handler"])
+    assert r.status_code == 404  # not a participant: as if the conversation did not exist
     r = client.get("/api/messageConversations", headers=people["auth"]["nurse"])
     assert r.json["pager"]["total"] == 1
     item = r.json["messageConversations"][0]
