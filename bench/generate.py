@@ -68,7 +68,7 @@ from service.passwords import hash_password
 from service.system_settings import FEEDBACK_RECIPIENTS
 
 # Bump when the generated rows change, so cached bench databases are rebuilt.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: inbox rows carry their type and latest activity
 SEED = 20140601
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "dhis2"
 UNITS_FILE = DATA_DIR / "sierra_leone_organisation_units.json.gz"
@@ -392,9 +392,11 @@ def _conversations(ds: Dataset) -> Conversations:
         out.messages.append(
             (cid, serial_uid("M", cid), cid, creator, f"{subject}: text", False, at)
         )
-        out.inbox.append((creator, cid, True, False, False, False, at))
+        out.inbox.append((creator, cid, True, False, False, False, at, kind))
         if other:
-            out.inbox.append((other, cid, not unread_for_other, False, False, other_as_handler, at))
+            out.inbox.append(
+                (other, cid, not unread_for_other, False, False, other_as_handler, at, kind)
+            )
 
     for i in range(INBOX_CONVERSATIONS):
         sender = rng.randrange(len(NATIONAL) + 1, n_users + 1)

@@ -209,9 +209,10 @@ def vacuum(engine: Engine) -> None:
 
 
 FLOOR_SQL = """
-INSERT INTO inbox (user_id, conversation_id, read, followup, removed, as_handler, last_activity_at)
+INSERT INTO inbox
+    (user_id, conversation_id, read, followup, removed, as_handler, last_activity_at, message_type)
 SELECT r.user_id, :cid, false, false, false, false,
-       (SELECT c.public_last_message_at FROM conversation c WHERE c.id = :cid)
+       (SELECT c.public_last_message_at FROM conversation c WHERE c.id = :cid), 'PRIVATE'
 FROM (
     SELECT uou.user_id
     FROM org_unit root
@@ -287,7 +288,14 @@ def run_naive(url: str) -> tuple[float, int]:
             at = s.get_one(Conversation, cid).public_last_message_at
             ids = [r[0] for r in s.execute(text(SELECT_RECIPIENTS), _params(cid, sender))]
             for user_id in ids:
-                s.add(Inbox(user_id=user_id, conversation_id=cid, last_activity_at=at))
+                s.add(
+                    Inbox(
+                        user_id=user_id,
+                        conversation_id=cid,
+                        last_activity_at=at,
+                        message_type="PRIVATE",
+                    )
+                )
                 s.flush()
             s.commit()
         elapsed = time.perf_counter() - t0

@@ -169,12 +169,16 @@ def run_batch(session: Session, delivery_id: int, seq: int) -> BatchResult:
     user_range = (batch.lo_user_id, batch.hi_user_id)
     ids = _recipient_ids(session, delivery, user_range).subquery("r")
     if delivery.kind == DeliveryKind.SEND.value:
+        kind = session.scalar(
+            select(Conversation.message_type).where(Conversation.id == delivery.conversation_id)
+        )
         stmt = insert_ignore(session, Inbox).from_select(
-            ["user_id", "conversation_id", "last_activity_at"],
+            ["user_id", "conversation_id", "last_activity_at", "message_type"],
             select(
                 ids.c.user_id,
                 literal(delivery.conversation_id),
                 conversation_activity(delivery.conversation_id),
+                literal(kind),
             ).where(literal(True)),
         )
         rows = session.execute(stmt).rowcount
@@ -293,7 +297,13 @@ def _notify_failure(session: Session, delivery: Delivery, now: dt.datetime) -> N
     session.flush()
     session.add(Message(conversation_id=conv.id, sender_id=None, text=text, created_at=now))
     session.add(
-        Inbox(user_id=delivery.actor_id, conversation_id=conv.id, read=False, last_activity_at=now)
+        Inbox(
+            user_id=delivery.actor_id,
+            conversation_id=conv.id,
+            read=False,
+            last_activity_at=now,
+            message_type=MessageType.SYSTEM.value,
+        )
     )
     session.flush()
 

@@ -483,7 +483,15 @@ def send_message(
     conv.is_announcement = large and discussion is not True
 
     session.add(Message(conversation_id=conv.id, sender_id=sender.id, text=text, created_at=now))
-    session.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True, last_activity_at=now))
+    session.add(
+        Inbox(
+            user_id=sender.id,
+            conversation_id=conv.id,
+            read=True,
+            last_activity_at=now,
+            message_type=conv.message_type,
+        )
+    )
     session.flush()
     return Sent(conversation=conv, delivery=delivery)
 
@@ -519,7 +527,15 @@ def direct_conversation(
     session.add(conv)
     session.flush()
     session.add(Message(conversation_id=conv.id, sender_id=sender.id, text=text, created_at=now))
-    session.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True, last_activity_at=now))
+    session.add(
+        Inbox(
+            user_id=sender.id,
+            conversation_id=conv.id,
+            read=True,
+            last_activity_at=now,
+            message_type=message_type.value,
+        )
+    )
     others = [uid for uid in set(recipient_ids) if uid != sender.id]
     session.add_all(
         Inbox(
@@ -528,6 +544,7 @@ def direct_conversation(
             read=False,
             as_handler=as_handler,
             last_activity_at=now,
+            message_type=message_type.value,
         )
         for uid in others
     )
@@ -637,19 +654,20 @@ def _append(
     return msg
 
 
-def _set_own_read(session: Session, user_id: int, conv_id: int, *, as_handler: bool) -> None:
+def _set_own_read(session: Session, user_id: int, conv: Conversation, *, as_handler: bool) -> None:
     session.execute(
         insert_ignore(session, Inbox).values(
             user_id=user_id,
-            conversation_id=conv_id,
+            conversation_id=conv.id,
             read=True,
             as_handler=as_handler,
-            last_activity_at=conversation_activity(conv_id, as_handler),
+            last_activity_at=conversation_activity(conv.id, as_handler),
+            message_type=conv.message_type,
         )
     )
     session.execute(
         update(Inbox)
-        .where(Inbox.user_id == user_id, Inbox.conversation_id == conv_id)
+        .where(Inbox.user_id == user_id, Inbox.conversation_id == conv.id)
         .values(read=True, removed=False, last_activity_at=row_activity())
     )
 
@@ -683,13 +701,21 @@ def _mark_ticket_unread(
         handlers = handler_ids.subquery("h")
         session.execute(
             insert_ignore(session, Inbox).from_select(
-                ["user_id", "conversation_id", "read", "as_handler", "last_activity_at"],
+                [
+                    "user_id",
+                    "conversation_id",
+                    "read",
+                    "as_handler",
+                    "last_activity_at",
+                    "message_type",
+                ],
                 select(
                     handlers.c.user_id,
                     literal(conv.id),
                     false(),
                     true(),
                     conversation_activity(conv.id, as_handler=True),
+                    literal(MessageType.TICKET.value),
                 ).where(handlers.c.user_id != replier_id),
             )
         )
@@ -744,12 +770,14 @@ def _thread_for(
                         conversation_id=thread.id,
                         read=True,
                         last_activity_at=now,
+                        message_type=MessageType.PRIVATE.value,
                     ),
                     Inbox(
                         user_id=announcement.created_by_id,
                         conversation_id=thread.id,
                         read=False,
                         last_activity_at=now,
+                        message_type=MessageType.PRIVATE.value,
                     ),
                 ]
             )
@@ -795,14 +823,14 @@ def reply(
             .where(Inbox.conversation_id == thread.id, Inbox.user_id != user.id)
             .values(read=False, removed=False)
         )
-        _set_own_read(session, user.id, thread.id, as_handler=False)
+        _set_own_read(session, user.id, thread, as_handler=False)
         _touch_rows(session, thread.id)
         session.flush()
         return Replied(conversation=thread, message=msg, delivery=None)
 
     msg = _append(session, conv, user.id, text, internal, now)
     own_handler_row = is_ticket and acc.handler and conv.created_by_id != user.id
-    _set_own_read(session, user.id, conv.id, as_handler=own_handler_row)
+    _set_own_read(session, user.id, conv, as_handler=own_handler_row)
     delivery: Delivery | None = None
     if is_ticket:
         _mark_ticket_unread(session, conv, user.id, internal)
@@ -868,6 +896,7 @@ def _set_flags(session: Session, user: User, uids: Iterable[str], **values: bool
                     read=True,
                     as_handler=as_handler,
                     last_activity_at=conversation_activity(conv.id, as_handler),
+                    message_type=conv.message_type,
                 )
             )
         session.execute(
@@ -937,16 +966,14 @@ class UnreadCounts:
 def unread_counts(session: Session, user: User) -> UnreadCounts:
     """The caller's unread conversations per folder (messages, feedback, system) in one statement.
 
-    The same rows as `unread_count` (the partial unread index, handler rows only while the caller
-    handles feedback), each joined to its conversation by primary key for its type. Internal
-    replies never mark a non-handler's row unread, so they are counted for handlers only.
+    The same rows as `unread_count`, counted by the type each row carries, from the partial unread
+    index alone (handler rows only while the caller handles feedback). Internal replies never
+    mark a non-handler's row unread, so they are counted for handlers only.
     """
     cond, handler_now = _unread_conditions(user)
 
     def of_type(kind: MessageType) -> ColumnElement[int]:
-        return func.coalesce(
-            func.sum(case((Conversation.message_type == kind.value, 1), else_=0)), 0
-        )
+        return func.coalesce(func.sum(case((Inbox.message_type == kind.value, 1), else_=0)), 0)
 
     row = session.execute(
         select(
@@ -957,7 +984,6 @@ def unread_counts(session: Session, user: User) -> UnreadCounts:
             select(handler_now).scalar_subquery(),
         )
         .select_from(Inbox)
-        .join(Conversation, Conversation.id == Inbox.conversation_id)
         .where(*cond)
     ).one()
     return UnreadCounts(

@@ -276,6 +276,9 @@ class Inbox(Base):
     # newest first from the index below instead of from 10,000 conversations. Every statement that
     # writes a row sets it (no default, so a path that forgets fails), from `row_activity`.
     last_activity_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The conversation's type (it never changes), so that unread counts per inbox folder are read
+    # from the partial index below alone. Set by every statement that writes a row.
+    message_type: Mapped[str] = mapped_column(String(10))
 
     __table_args__ = (
         Index("ix_inbox_conversation", "conversation_id"),
@@ -285,6 +288,7 @@ class Inbox(Base):
             "ix_inbox_unread",
             "user_id",
             "as_handler",
+            "message_type",
             postgresql_where=text("NOT read AND NOT removed"),
             sqlite_where=text("NOT read AND NOT removed"),
         ),

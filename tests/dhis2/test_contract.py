@@ -57,12 +57,9 @@ def conversation(db: Session, uid: str, sender: User, *recipients: User) -> Conv
     db.add(conv)
     db.flush()
     db.add(Message(conversation_id=conv.id, sender_id=sender.id, text="Hello"))
-    at = conv.public_last_message_at
-    db.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True, last_activity_at=at))
-    db.add_all(
-        Inbox(user_id=r.id, conversation_id=conv.id, read=False, last_activity_at=at)
-        for r in recipients
-    )
+    row = {"last_activity_at": conv.public_last_message_at, "message_type": conv.message_type}
+    db.add(Inbox(user_id=sender.id, conversation_id=conv.id, read=True, **row))
+    db.add_all(Inbox(user_id=r.id, conversation_id=conv.id, read=False, **row) for r in recipients)
     db.flush()
     return conv
 

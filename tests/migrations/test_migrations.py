@@ -67,7 +67,7 @@ def test_every_revision_upgrades_from_empty_and_downgrades_to_empty(empty_url: s
         engine.dispose()
 
 
-def test_inbox_rows_written_before_0004_take_the_activity_their_reader_may_see(
+def test_inbox_rows_written_before_0004_take_their_type_and_the_activity_their_reader_may_see(
     empty_url: str,
 ) -> None:
     """A handler's row takes the last message including internal replies; every other row the
@@ -107,16 +107,23 @@ def test_inbox_rows_written_before_0004_take_the_activity_their_reader_may_see(
                 )
             )
         command.upgrade(cfg, "0004")
-        inbox = table("inbox", column("user_id"), column("last_activity_at", UTCDateTime()))
+        inbox = table(
+            "inbox",
+            column("user_id"),
+            column("last_activity_at", UTCDateTime()),
+            column("message_type"),
+        )
         with engine.connect() as conn:
-            rows = {r[0]: r[1] for r in conn.execute(select(inbox))}
-        assert rows == {1: aware(public), 2: aware(internal)}
+            rows = {r[0]: tuple(r[1:]) for r in conn.execute(select(inbox))}
+        assert rows == {1: (aware(public), "TICKET"), 2: (aware(internal), "TICKET")}
         columns = {c["name"]: c for c in inspect(engine).get_columns("inbox")}
         assert columns["last_activity_at"]["nullable"] is False
+        assert columns["message_type"]["nullable"] is False
         assert "ix_inbox_user_activity" in {i["name"] for i in inspect(engine).get_indexes("inbox")}
 
         command.downgrade(cfg, "0003")
-        assert "last_activity_at" not in {c["name"] for c in inspect(engine).get_columns("inbox")}
+        names = {c["name"] for c in inspect(engine).get_columns("inbox")}
+        assert not names & {"last_activity_at", "message_type"}
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM inbox")).scalar_one() == 2
     finally:

@@ -353,12 +353,15 @@ class Interleavings(RuleBasedStateMachine):
                 Inbox.as_handler,
                 Conversation.last_message_at,
                 Conversation.public_last_message_at,
+                Inbox.message_type,
+                Conversation.message_type,
             )
             .join(Conversation, Conversation.id == Inbox.conversation_id)
             .where(Conversation.id.in_([c.id for c in self.convs]))
         ).all()
-        for at, as_handler, last, public in rows:
+        for at, as_handler, last, public, row_type, conv_type in rows:
             assert at == (last if as_handler else public)
+            assert row_type == conv_type
 
     @invariant()
     def inboxes_list_newest_activity_first(self) -> None:

@@ -1,4 +1,5 @@
-"""inbox rows carry their conversation's latest activity, for listing an inbox from an index
+"""inbox rows carry their conversation's latest activity and type, for listing an inbox and
+counting its unread folders from indexes
 
 Revision ID: 0004
 Revises: 0003
@@ -23,12 +24,15 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("last_activity_at", service.db.UTCDateTime(timezone=True), nullable=True)
         )
+        batch_op.add_column(sa.Column("message_type", sa.String(length=10), nullable=True))
     # A handler's row sees internal replies; every other row the public activity only.
     op.execute(
         "UPDATE inbox SET last_activity_at = ("
         " SELECT CASE WHEN inbox.as_handler THEN c.last_message_at"
         " ELSE c.public_last_message_at END"
-        " FROM conversation c WHERE c.id = inbox.conversation_id)"
+        " FROM conversation c WHERE c.id = inbox.conversation_id),"
+        " message_type = ("
+        " SELECT c.message_type FROM conversation c WHERE c.id = inbox.conversation_id)"
     )
     with op.batch_alter_table("inbox", schema=None) as batch_op:
         batch_op.alter_column(
@@ -36,14 +40,33 @@ def upgrade() -> None:
             existing_type=service.db.UTCDateTime(timezone=True),
             nullable=False,
         )
+        batch_op.alter_column("message_type", existing_type=sa.String(length=10), nullable=False)
         batch_op.create_index(
             "ix_inbox_user_activity",
             ["user_id", "last_activity_at", "conversation_id"],
             unique=False,
         )
+        # Unread counts per folder from this index alone.
+        batch_op.drop_index("ix_inbox_unread")
+        batch_op.create_index(
+            "ix_inbox_unread",
+            ["user_id", "as_handler", "message_type"],
+            unique=False,
+            postgresql_where=sa.text("NOT read AND NOT removed"),
+            sqlite_where=sa.text("NOT read AND NOT removed"),
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("inbox", schema=None) as batch_op:
+        batch_op.drop_index("ix_inbox_unread")
+        batch_op.create_index(
+            "ix_inbox_unread",
+            ["user_id", "as_handler"],
+            unique=False,
+            postgresql_where=sa.text("NOT read AND NOT removed"),
+            sqlite_where=sa.text("NOT read AND NOT removed"),
+        )
         batch_op.drop_index("ix_inbox_user_activity")
+        batch_op.drop_column("message_type")
         batch_op.drop_column("last_activity_at")
