@@ -17,7 +17,7 @@ from sqlalchemy import Select, and_, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from service import recipients
-from service.db import insert_ignore, utcnow
+from service.db import UTCDateTime, insert_ignore, utcnow
 from service.models import (
     BatchState,
     Conversation,
@@ -28,7 +28,6 @@ from service.models import (
     Inbox,
     Message,
     MessageType,
-    conversation_activity,
     row_activity,
 )
 
@@ -169,24 +168,39 @@ def run_batch(session: Session, delivery_id: int, seq: int) -> BatchResult:
     user_range = (batch.lo_user_id, batch.hi_user_id)
     ids = _recipient_ids(session, delivery, user_range).subquery("r")
     if delivery.kind == DeliveryKind.SEND.value:
-        kind = session.scalar(
-            select(Conversation.message_type).where(Conversation.id == delivery.conversation_id)
-        )
+        cid = delivery.conversation_id
+        kind, at = session.execute(
+            select(Conversation.message_type, Conversation.public_last_message_at).where(
+                Conversation.id == cid
+            )
+        ).one()
         stmt = insert_ignore(session, Inbox).from_select(
             ["user_id", "conversation_id", "last_activity_at", "message_type"],
-            select(
-                ids.c.user_id,
-                literal(delivery.conversation_id),
-                conversation_activity(delivery.conversation_id),
-                literal(kind),
-            ).where(literal(True)),
+            select(ids.c.user_id, literal(cid), literal(at, UTCDateTime()), literal(kind)).where(
+                literal(True)
+            ),
         )
         rows = session.execute(stmt).rowcount
-        session.execute(
+        # This takes the conversation's row lock until commit (a reply's own update of the
+        # conversation now waits for this batch, and then sees its rows) and answers with the
+        # newest committed activity: a reply that committed after the rows were read is caught
+        # up here, so no new row keeps an older time than the conversation's.
+        latest = session.execute(
             update(Conversation)
-            .where(Conversation.id == delivery.conversation_id)
+            .where(Conversation.id == cid)
             .values(participant_count=Conversation.participant_count + rows)
-        )
+            .returning(Conversation.public_last_message_at)
+        ).scalar_one()
+        if latest != at and rows:
+            session.execute(
+                update(Inbox)
+                .where(
+                    Inbox.conversation_id == cid,
+                    Inbox.user_id.between(*user_range),
+                    Inbox.last_activity_at < latest,
+                )
+                .values(last_activity_at=latest)
+            )
     else:
         # Everyone in the slice now has an unread reply (a removed copy comes back), and the
         # conversation's latest activity moves it up their inbox.

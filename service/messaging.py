@@ -996,11 +996,24 @@ def unread_counts(session: Session, user: User) -> UnreadCounts:
 
 
 def _visible_rows(user_id: int, handler: bool):  # type: ignore[no-untyped-def]
+    activity: ColumnElement[dt.datetime] = Inbox.last_activity_at
+    if handler:
+        # A handler's own feedback (their row is the sender's, without internal replies) is
+        # ordered as they see it, internal replies included, like the rest of their desk.
+        activity = case(
+            (
+                and_(Inbox.message_type == MessageType.TICKET.value, Inbox.as_handler.is_(False)),
+                select(Conversation.last_message_at)
+                .where(Conversation.id == Inbox.conversation_id)
+                .scalar_subquery(),
+            ),
+            else_=Inbox.last_activity_at,
+        )
     mine = select(
         Inbox.conversation_id.label("conversation_id"),
         Inbox.read.label("read"),
         Inbox.followup.label("followup"),
-        Inbox.last_activity_at.label("last_activity_at"),
+        activity.label("last_activity_at"),
     ).where(Inbox.user_id == user_id, Inbox.removed.is_(False))
     if not handler:
         return mine.where(Inbox.as_handler.is_(False)).subquery("v")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -25,8 +26,10 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import ScalarSelect
 
 from service.db import Base, UTCDateTime, new_uid, utcnow
@@ -392,10 +395,30 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
-def row_activity() -> ScalarSelect[dt.datetime]:
-    """`Inbox.last_activity_at` for the `inbox` row being updated, read from its conversation in
-    the same statement (so no batch ever writes a time older than the conversation's)."""
-    return (
+class Later(FunctionElement[dt.datetime]):
+    """The later of two times: GREATEST on PostgreSQL, the two-argument MAX on SQLite."""
+
+    type = UTCDateTime()
+    name = "later"
+    inherit_cache = True
+
+
+@compiles(Later)
+def _later(element: Later, compiler: Any, **kw: Any) -> str:
+    return f"greatest({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(Later, "sqlite")
+def _later_sqlite(element: Later, compiler: Any, **kw: Any) -> str:
+    return f"max({compiler.process(element.clauses, **kw)})"
+
+
+def row_activity() -> ColumnElement[dt.datetime]:
+    """The new `Inbox.last_activity_at` of the `inbox` row being updated: its conversation's
+    latest activity as the row's reader may see it, read in the same statement — and never
+    earlier than the row already holds (an update that waited for a lock evaluates it in its
+    own, older snapshot, and must not move a row back behind a newer reply)."""
+    latest = (
         select(
             case(
                 (Inbox.as_handler, Conversation.last_message_at),
@@ -405,6 +428,7 @@ def row_activity() -> ScalarSelect[dt.datetime]:
         .where(Conversation.id == Inbox.conversation_id)
         .scalar_subquery()
     )
+    return Later(Inbox.last_activity_at, latest)
 
 
 def conversation_activity(

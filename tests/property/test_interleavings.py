@@ -381,8 +381,9 @@ class Interleavings(RuleBasedStateMachine):
 
             def key(cid: int, u: int = u) -> tuple[object, int]:
                 row = self.rows.get((u, convs[cid]))
-                # A handler's row, or a feedback message a handler has no row for yet.
-                handler_view = row is None or row.as_handler
+                # Handlers order every feedback message by its activity internal replies
+                # included (their own feedback too); everyone else by its public activity.
+                handler_view = row is None or (self.convs[convs[cid]].ticket and u in self.handlers)
                 return (times[cid][0] if handler_view else times[cid][1], cid)
 
             assert listed == sorted(listed, key=key, reverse=True)

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select, update
 from sqlalchemy.orm import Session
 
 from service import delivery as svc
@@ -109,3 +109,71 @@ def test_two_workers_running_one_batch_at_once_write_it_once(committing_engine: 
         d = s.get_one(Delivery, delivery_id)
         assert rows == 301
         assert (d.state, d.delivered, d.total) == ("DELIVERED", 300, 300)
+
+
+def test_a_reply_committed_while_a_batch_writes_its_rows_is_not_missed(
+    committing_engine: Engine,
+) -> None:
+    """A fan-out batch reads the conversation's latest activity, then inserts its rows; a reply
+    that commits in between (on PostgreSQL, at READ COMMITTED) must still order the new rows by
+    the reply, since the reply's own update of existing rows could not see them."""
+    factory = make_session_factory(committing_engine)
+    with factory() as s:
+        sender = f.user(s)
+        people = [f.user(s) for _ in range(20)]
+        sent = msg.send_message(
+            s,
+            sender,
+            "Race",
+            "T",
+            msg.Recipients(users=[p.uid for p in people]),
+            discussion=True,
+        )
+        delivery_id, conv_uid = sent.delivery.id, sent.conversation.uid
+        conversation_id = sent.conversation.id
+        plan = svc.plan(s, delivery_id, 1000)
+        s.commit()
+    replied: list[dt.datetime] = []
+
+    def reply_between(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO inbox") and not replied:
+            # Another request, on its own connection, replies and commits right now.
+            with factory() as other:
+                author = other.get_one(type(sender), sender.id)
+                msg.reply(other, author, conv_uid, "While you were writing")
+                other.commit()
+                replied.append(
+                    other.get_one(type(sent.conversation), conversation_id).public_last_message_at
+                )
+
+    with factory() as s:
+        event.listen(s.connection(), "after_cursor_execute", reply_between)
+        svc.run_batch(s, delivery_id, plan.batch_seqs[0])
+        s.commit()
+    assert replied
+    with factory() as s:
+        times = set(
+            s.scalars(
+                select(Inbox.last_activity_at).where(Inbox.conversation_id == conversation_id)
+            )
+        )
+        assert times == {replied[0]}
+
+
+def test_an_update_never_moves_a_row_back_in_time(db: Session) -> None:
+    """An update evaluated in an older snapshot (one that waited for a row lock) keeps the newer
+    time a concurrent reply already wrote."""
+    a, b = f.user(db), f.user(db)
+    sent = msg.send_message(db, a, "S", "T", msg.Recipients(users=[b.uid]))
+    plan = svc.plan(db, sent.delivery.id, 10)
+    svc.run_batch(db, sent.delivery.id, plan.batch_seqs[0])
+    ahead = utcnow() + dt.timedelta(hours=1)
+    db.execute(
+        update(Inbox)
+        .where(Inbox.conversation_id == sent.conversation.id)
+        .values(last_activity_at=ahead)
+    )
+    msg.reply(db, a, sent.conversation.uid, "R")  # writes the reply's time with `row_activity`
+    db.expire_all()
+    rows = db.scalars(select(Inbox).where(Inbox.conversation_id == sent.conversation.id)).all()
+    assert {r.last_activity_at for r in rows} == {ahead}

@@ -96,6 +96,22 @@ def test_internal_replies_move_feedback_up_the_handlers_inboxes_only(db: Session
     assert order(sender) == [feedback.uid, news.conversation.uid]
 
 
+def test_a_handlers_own_feedback_is_ordered_as_they_see_it(db: Session) -> None:
+    """A handler who wrote feedback sees its internal replies, so they move it up their desk."""
+    h1, h2 = f.user(db), f.user(db)
+    f.feedback_team(db, h1, h2)
+    own = fb.send_feedback(db, h1, "Mine", "T")
+    other = fb.send_feedback(db, f.user(db), "Theirs", "T")
+    assert [s.conversation.uid for s in msg.list_conversations(db, h1).items] == [
+        other.uid,
+        own.uid,
+    ]
+    msg.reply(db, h2, own.uid, "internal note", internal=True)
+    listed = msg.list_conversations(db, h1).items
+    assert [s.conversation.uid for s in listed] == [own.uid, other.uid]
+    assert listed[0].last_message == listed[0].conversation.last_message_at
+
+
 def test_handlers_set_status_priority_and_assignee_senders_cannot(db: Session) -> None:
     h1 = f.user(db)
     f.feedback_team(db, h1)
