@@ -28,6 +28,7 @@ from service.models import (
     Inbox,
     Message,
     MessageType,
+    inbox_row,
     row_activity,
 )
 
@@ -310,15 +311,7 @@ def _notify_failure(session: Session, delivery: Delivery, now: dt.datetime) -> N
     session.add(conv)
     session.flush()
     session.add(Message(conversation_id=conv.id, sender_id=None, text=text, created_at=now))
-    session.add(
-        Inbox(
-            user_id=delivery.actor_id,
-            conversation_id=conv.id,
-            read=False,
-            last_activity_at=now,
-            message_type=MessageType.SYSTEM.value,
-        )
-    )
+    session.add(inbox_row(conv, delivery.actor_id, read=False))
     session.flush()
 
 

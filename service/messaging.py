@@ -54,6 +54,7 @@ from service.models import (
     User,
     UserGroup,
     conversation_activity,
+    inbox_row,
     row_activity,
     user_group_members,
 )
@@ -483,15 +484,7 @@ def send_message(
     conv.is_announcement = large and discussion is not True
 
     session.add(Message(conversation_id=conv.id, sender_id=sender.id, text=text, created_at=now))
-    session.add(
-        Inbox(
-            user_id=sender.id,
-            conversation_id=conv.id,
-            read=True,
-            last_activity_at=now,
-            message_type=conv.message_type,
-        )
-    )
+    session.add(inbox_row(conv, sender.id, read=True))
     session.flush()
     return Sent(conversation=conv, delivery=delivery)
 
@@ -527,27 +520,9 @@ def direct_conversation(
     session.add(conv)
     session.flush()
     session.add(Message(conversation_id=conv.id, sender_id=sender.id, text=text, created_at=now))
-    session.add(
-        Inbox(
-            user_id=sender.id,
-            conversation_id=conv.id,
-            read=True,
-            last_activity_at=now,
-            message_type=message_type.value,
-        )
-    )
+    session.add(inbox_row(conv, sender.id, read=True))
     others = [uid for uid in set(recipient_ids) if uid != sender.id]
-    session.add_all(
-        Inbox(
-            user_id=uid,
-            conversation_id=conv.id,
-            read=False,
-            as_handler=as_handler,
-            last_activity_at=now,
-            message_type=message_type.value,
-        )
-        for uid in others
-    )
+    session.add_all(inbox_row(conv, uid, read=False, as_handler=as_handler) for uid in others)
     conv.participant_count = 1 + len(others)
     session.flush()
     return conv
@@ -668,17 +643,16 @@ def _set_own_read(session: Session, user_id: int, conv: Conversation, *, as_hand
     session.execute(
         update(Inbox)
         .where(Inbox.user_id == user_id, Inbox.conversation_id == conv.id)
-        .values(read=True, removed=False, last_activity_at=row_activity())
+        .values(read=True, removed=False)
     )
 
 
-def _touch_rows(session: Session, conv_id: int) -> None:
-    """Every row of a small conversation takes its latest activity (after a reply)."""
-    session.execute(
-        update(Inbox)
-        .where(Inbox.conversation_id == conv_id)
-        .values(last_activity_at=row_activity())
-    )
+def _touch_rows(session: Session, conv_id: int, user_id: int | None = None) -> None:
+    """After a reply, the conversation's rows (or only `user_id`'s) take its latest activity."""
+    q = update(Inbox).where(Inbox.conversation_id == conv_id)
+    if user_id is not None:
+        q = q.where(Inbox.user_id == user_id)
+    session.execute(q.values(last_activity_at=row_activity()))
 
 
 def _handler_ids(session: Session) -> Select[tuple[int]] | None:
@@ -765,20 +739,8 @@ def _thread_for(
             session.flush()
             session.add_all(
                 [
-                    Inbox(
-                        user_id=user.id,
-                        conversation_id=thread.id,
-                        read=True,
-                        last_activity_at=now,
-                        message_type=MessageType.PRIVATE.value,
-                    ),
-                    Inbox(
-                        user_id=announcement.created_by_id,
-                        conversation_id=thread.id,
-                        read=False,
-                        last_activity_at=now,
-                        message_type=MessageType.PRIVATE.value,
-                    ),
+                    inbox_row(thread, user.id, read=True),
+                    inbox_row(thread, announcement.created_by_id, read=False),
                 ]
             )
             session.flush()
@@ -851,9 +813,8 @@ def reply(
             touched_at=now,
         )
         session.add(delivery)
-    if delivery is None:
-        _touch_rows(session, conv.id)
-    # (A large conversation's rows take it batch by batch, with their unread mark.)
+    # A large conversation's other rows take it batch by batch, with their unread mark.
+    _touch_rows(session, conv.id, None if delivery is None else user.id)
     session.flush()
     return Replied(conversation=conv, message=msg, delivery=delivery)
 

@@ -431,6 +431,19 @@ def row_activity() -> ColumnElement[dt.datetime]:
     return Later(Inbox.last_activity_at, latest)
 
 
+def inbox_row(conv: Conversation, user_id: int, *, read: bool, as_handler: bool = False) -> Inbox:
+    """A new inbox row of a conversation written in this request: its type, and the latest
+    activity the row's reader may see, taken from the conversation."""
+    return Inbox(
+        user_id=user_id,
+        conversation_id=conv.id,
+        read=read,
+        as_handler=as_handler,
+        last_activity_at=conv.last_message_at if as_handler else conv.public_last_message_at,
+        message_type=conv.message_type,
+    )
+
+
 def conversation_activity(
     conversation_id: int | ColumnElement[int], as_handler: bool = False
 ) -> ScalarSelect[dt.datetime]:
