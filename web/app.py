@@ -60,13 +60,15 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         publisher = CeleryPublisher(settings)
     app.extensions["publisher"] = publisher
 
-    csrf.init_app(app)
-
     from web import api, auth, cli, errors, guards, openapi, ops, pages
 
+    # The input guards run before anything reads the body: they need its raw bytes (to refuse
+    # %-escapes that are not UTF-8, and a chunked body past the limit), and the CSRF check would
+    # otherwise parse the form first and leave them nothing to read.
+    guards.init_app(app)
+    csrf.init_app(app)
     auth.init_app(app)
     errors.init_app(app)
-    guards.init_app(app)
     api.init_app(app)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)

@@ -384,6 +384,24 @@ def test_post_without_csrf_token_is_refused_and_the_pages_token_works(
     assert client.post("/logout", data={"csrf_token": token}).status_code == 302
 
 
+def test_a_form_with_csrf_still_refuses_percent_escapes_that_are_not_utf8(
+    db: Session, app: Flask
+) -> None:
+    """The CSRF check reads the form too; the raw body is checked all the same."""
+    app.config["WTF_CSRF_ENABLED"] = True
+    sender, other = person(db), person(db)
+    client = app.test_client()
+    token = csrf_from(page(client, "/login"))
+    data = {"username": sender.username, "password": PASSWORD, "csrf_token": token}
+    assert client.post("/login", data=data).status_code == 302
+    token = csrf_from(page(client, "/compose"))
+    body = f"csrf_token={token}&subject=Caf%E9&text=T&users={other.uid}&reply_mode=auto"
+    resp = client.post("/compose", data=body, content_type="application/x-www-form-urlencoded")
+    assert resp.status_code == 400
+    assert "subject is not valid UTF-8" in resp.get_data(as_text=True)
+    assert db.scalar(select(Conversation).where(Conversation.subject.like("Caf%"))) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # The inbox
 
