@@ -669,7 +669,10 @@ def _handler_ids(session: Session) -> Select[tuple[int]] | None:
 def _mark_ticket_unread(
     session: Session, conv: Conversation, replier_id: int, internal: bool
 ) -> None:
-    """Tickets are small (the sender and the handlers): re-mark them in the request."""
+    """Tickets are small (the sender and the handlers): re-mark them in the request. Handlers'
+    rows only (never the sender's row, even when the sender is a handler too: an internal reply
+    must not mark it unread, as it would still show after they leave the group); the sender's
+    row for public replies only."""
     handler_ids = _handler_ids(session)
     if handler_ids is not None:
         handlers = handler_ids.subquery("h")
@@ -698,6 +701,7 @@ def _mark_ticket_unread(
             .where(
                 Inbox.conversation_id == conv.id,
                 Inbox.user_id != replier_id,
+                Inbox.as_handler.is_(True),
                 Inbox.user_id.in_(select(handlers.c.user_id)),
             )
             .values(read=False, removed=False)

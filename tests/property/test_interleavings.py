@@ -206,7 +206,8 @@ class Interleavings(RuleBasedStateMachine):
                 if rc == c and ru != u:
                     row.read, row.removed = False, False
         else:
-            for h in self.handlers - {u}:
+            # Handlers' rows; a handler who sent it has only the sender's row, below.
+            for h in self.handlers - {u, conv.creator}:
                 row = self.rows.setdefault((h, c), Row(read=False, as_handler=True))
                 row.read, row.removed = False, False
             if not internal and conv.creator != u:

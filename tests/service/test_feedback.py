@@ -106,10 +106,20 @@ def test_a_handlers_own_feedback_is_ordered_as_they_see_it(db: Session) -> None:
         other.uid,
         own.uid,
     ]
+    msg.mark_read(db, h1, [own.uid])
     msg.reply(db, h2, own.uid, "internal note", internal=True)
     listed = msg.list_conversations(db, h1).items
     assert [s.conversation.uid for s in listed] == [own.uid, other.uid]
     assert listed[0].last_message == listed[0].conversation.last_message_at
+    # Their row is the sender's: an internal reply leaves it read, so nothing of it shows once
+    # they leave the feedback group.
+    assert listed[0].read is True
+    db.execute(delete(user_group_members).where(user_group_members.c.user_id == h1.id))
+    assert msg.unread_counts(db, h1).total == 0
+    assert [s.read for s in msg.list_conversations(db, h1).items] == [True]
+    # A public reply does mark the sender's row unread.
+    msg.reply(db, h2, own.uid, "public answer")
+    assert msg.unread_count(db, h1) == 1
 
 
 def test_handlers_set_status_priority_and_assignee_senders_cannot(db: Session) -> None:
